@@ -1,0 +1,265 @@
+//! The text form `[1,2.5,-3e-07]`, read and written exactly as pgvector does, so that
+//! dumps, client adapters and eyes see the same thing from either extension.
+//!
+//! Reading follows C `strtof` on each element (leading whitespace, sign, decimal with
+//! exponent, `inf`/`infinity`/`nan`), correctly rounded to float4. Writing uses the
+//! shortest digits that read back to the same float4, in PostgreSQL's `float4out`
+//! layout: fixed notation for decimal exponents -4..=5, else `d.ddde±XX`.
+
+use super::{check_element, VectorError, MAX_DIM};
+
+/// PostgreSQL's `scanner_isspace`, the whitespace pgvector accepts around elements.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn skip_spaces(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_space(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Length of the longest prefix of `s` that `strtof` would consume as a number
+/// (0 when there is none). Hexadecimal floats are not accepted.
+fn float_literal_len(s: &[u8]) -> usize {
+    let mut i = 0;
+    if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
+        i += 1;
+    }
+    for word in ["infinity", "inf", "nan"] {
+        let w = word.as_bytes();
+        if s.len() >= i + w.len() && s[i..i + w.len()].eq_ignore_ascii_case(w) {
+            return i + w.len();
+        }
+    }
+    let int_start = i;
+    while i < s.len() && s[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut digits = i - int_start;
+    if i < s.len() && s[i] == b'.' {
+        let frac_start = i + 1;
+        let mut j = frac_start;
+        while j < s.len() && s[j].is_ascii_digit() {
+            j += 1;
+        }
+        digits += j - frac_start;
+        i = j;
+    }
+    if digits == 0 {
+        return 0;
+    }
+    if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
+        let mut j = i + 1;
+        if j < s.len() && (s[j] == b'+' || s[j] == b'-') {
+            j += 1;
+        }
+        let exp_start = j;
+        while j < s.len() && s[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > exp_start {
+            i = j;
+        }
+    }
+    i
+}
+
+/// Parses the text form of a vector. Enforces the element and dimension rules but not a
+/// typmod (see [`super::check_fits_typmod`]).
+pub fn parse_vector(input: &str) -> Result<Vec<f32>, VectorError> {
+    let syntax = |detail| VectorError::InvalidSyntax { input: input.to_owned(), detail };
+    let s = input.as_bytes();
+    let mut i = skip_spaces(s, 0);
+    if i >= s.len() || s[i] != b'[' {
+        return Err(syntax(Some("Vector contents must start with \"[\".")));
+    }
+    i = skip_spaces(s, i + 1);
+    let mut values = Vec::new();
+    if i < s.len() && s[i] == b']' {
+        i += 1;
+    } else {
+        loop {
+            i = skip_spaces(s, i);
+            let len = float_literal_len(&s[i..]);
+            if len == 0 {
+                return Err(syntax(None));
+            }
+            // The literal is ASCII by construction, so this slice is valid UTF-8.
+            let literal = &input[i..i + len];
+            let value: f32 = literal.parse().map_err(|_| syntax(None))?;
+            if value.is_infinite() && !is_infinity_word(literal) {
+                return Err(VectorError::OutOfRange { literal: literal.to_owned() });
+            }
+            check_element(value)?;
+            if values.len() == MAX_DIM {
+                return Err(VectorError::TooManyDims);
+            }
+            values.push(value);
+            i = skip_spaces(s, i + len);
+            match s.get(i) {
+                Some(b',') => i += 1,
+                Some(b']') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(syntax(None)),
+            }
+        }
+    }
+    if skip_spaces(s, i) != s.len() {
+        return Err(syntax(Some("Junk after closing right brace.")));
+    }
+    if values.is_empty() {
+        return Err(VectorError::Empty);
+    }
+    Ok(values)
+}
+
+fn is_infinity_word(literal: &str) -> bool {
+    let l = literal.trim_start_matches(['+', '-']);
+    l.eq_ignore_ascii_case("inf") || l.eq_ignore_ascii_case("infinity")
+}
+
+/// Appends one element in PostgreSQL's shortest float4 form (`1.5`, `1e-05`, `1.234567e+06`).
+pub fn format_f32(value: f32, out: &mut String) {
+    use std::fmt::Write;
+    if value == 0.0 {
+        out.push_str(if value.is_sign_negative() { "-0" } else { "0" });
+        return;
+    }
+    if !value.is_finite() {
+        // Never stored in a vector; written like float4out for completeness.
+        out.push_str(if value.is_nan() { "NaN" } else if value > 0.0 { "Infinity" } else { "-Infinity" });
+        return;
+    }
+    // `{:e}` gives the shortest round-trip digits as `-d.ddde-N`.
+    let mut sci = String::with_capacity(24);
+    write!(sci, "{value:e}").expect("writing to a String cannot fail");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    if negative {
+        out.push('-');
+    }
+    if (-4..6).contains(&exp) {
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        if exp >= 0 {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        } else {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        }
+    } else {
+        out.push_str(mantissa);
+        write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()).expect("writing to a String cannot fail");
+    }
+}
+
+/// Writes a whole vector in text form.
+pub fn format_vector(values: &[f32]) -> String {
+    let mut out = String::with_capacity(2 + values.len() * 12);
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        format_f32(*v, &mut out);
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(v: f32) -> String {
+        let mut s = String::new();
+        format_f32(v, &mut s);
+        s
+    }
+
+    #[test]
+    fn formats_like_float4out() {
+        // Expected strings are what PostgreSQL 18's float4out prints for these values.
+        let cases: &[(f32, &str)] = &[
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123456.0, "123456"),
+            (1234567.0, "1.234567e+06"),
+            (1e38, "1e+38"),
+            (1.5e-45, "1e-45"),
+            (-0.0, "-0"),
+            (100.0, "100"),
+            (1e6, "1e+06"),
+            (999999.0, "999999"),
+            (1.5, "1.5"),
+            (3e20, "3e+20"),
+            (1e-7, "1e-07"),
+            (0.1, "0.1"),
+            (123456789.0, "1.2345679e+08"),
+            (1.23456789e-30, "1.2345679e-30"),
+            (-2.5e-3, "-0.0025"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(fmt(*v), *want, "formatting {v:e}");
+        }
+    }
+
+    #[test]
+    fn text_round_trips_random_bit_patterns() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..200_000 {
+            let v = f32::from_bits(rng.random());
+            if !v.is_finite() {
+                continue;
+            }
+            let text = fmt(v);
+            let back = parse_vector(&format!("[{text}]")).unwrap();
+            assert_eq!(back[0].to_bits(), v.to_bits(), "{text}");
+        }
+    }
+
+    #[test]
+    fn parses_with_spaces_and_exponents() {
+        assert_eq!(parse_vector(" [ 1 , 2 ] ").unwrap(), vec![1.0, 2.0]);
+        assert_eq!(parse_vector("[1.5,-2e3,+.5,5.,1E-2]").unwrap(), vec![1.5, -2000.0, 0.5, 5.0, 0.01]);
+        assert_eq!(parse_vector("[1e-50]").unwrap(), vec![0.0]);
+        assert_eq!(parse_vector("[\t1\n]").unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        let syntax = |s: &str| matches!(parse_vector(s), Err(VectorError::InvalidSyntax { .. }));
+        for bad in ["", "1,2", "[1,2,]", "[1 2]", "[,1]", "[1", "[1]x", "[a]", "[1,,2]", "[0x10]", "[[1]]", "[1e]x"] {
+            assert!(syntax(bad), "{bad:?} should be a syntax error, got {:?}", parse_vector(bad));
+        }
+        assert_eq!(parse_vector("[1]x").unwrap_err().detail(), Some("Junk after closing right brace."));
+        assert_eq!(parse_vector("1").unwrap_err().detail(), Some("Vector contents must start with \"[\"."));
+        assert_eq!(parse_vector("[]"), Err(VectorError::Empty));
+        assert_eq!(parse_vector(" [ ] "), Err(VectorError::Empty));
+        assert_eq!(parse_vector("[NaN]"), Err(VectorError::NaN));
+        assert_eq!(parse_vector("[-inf]"), Err(VectorError::Infinite));
+        assert_eq!(parse_vector("[Infinity]"), Err(VectorError::Infinite));
+        assert_eq!(parse_vector("[1e39]"), Err(VectorError::OutOfRange { literal: "1e39".into() }));
+        let too_many = format!("[{}]", vec!["1"; MAX_DIM + 1].join(","));
+        assert_eq!(parse_vector(&too_many), Err(VectorError::TooManyDims));
+        let just_enough = format!("[{}]", vec!["1"; MAX_DIM].join(","));
+        assert_eq!(parse_vector(&just_enough).unwrap().len(), MAX_DIM);
+    }
+}
