@@ -134,20 +134,11 @@ pub fn format_f32(value: f32, out: &mut String) {
         out.push_str(if value.is_nan() { "NaN" } else if value > 0.0 { "Infinity" } else { "-Infinity" });
         return;
     }
-    // `{:e}` gives the shortest round-trip digits as `-d.ddde-N`.
-    let mut sci = String::with_capacity(24);
-    write!(sci, "{value:e}").expect("writing to a String cannot fail");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
-    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    if negative {
+    let (digits, exp) = shortest_digits(value.abs());
+    if value < 0.0 {
         out.push('-');
     }
     if (-4..6).contains(&exp) {
-        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
         if exp >= 0 {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
@@ -164,9 +155,64 @@ pub fn format_f32(value: f32, out: &mut String) {
             out.push_str(&digits);
         }
     } else {
-        out.push_str(mantissa);
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
         write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()).expect("writing to a String cannot fail");
     }
+}
+
+/// The significant digits and decimal exponent (scientific: `d.ddd × 10^exp`) that
+/// PostgreSQL's float4out prints for a positive finite float4.
+///
+/// PostgreSQL runs Ryu built without `STRICTLY_SHORTEST`: it never prints a decimal that
+/// lies exactly on the boundary between two floats (halfway to a neighbour), because a
+/// reader that does not round half-to-even would take it to the neighbour. Upstream Ryu
+/// (the `ryu` crate) does print it when the float's mantissa is even. So: take Ryu's
+/// answer, and in that rare boundary case take the value correctly rounded to one more
+/// digit (or more, while that lands on the boundary too), which is what PostgreSQL's Ryu finds.
+fn shortest_digits(value: f32) -> (String, i32) {
+    let mut buf = ryu::Buffer::new();
+    let (mut digits, mut exp) = split_scientific(buf.format_finite(value));
+    let mut precision = digits.len();
+    // Nine significant digits always identify a float4, so this ends by precision 8.
+    while lies_on_rounding_boundary(value, &digits, exp) && precision < 9 {
+        (digits, exp) = split_scientific(&format!("{:.*e}", precision, f64::from(value)));
+        precision += 1;
+    }
+    (digits, exp)
+}
+
+/// Splits `312985.12`, `4.0021158e8`, `1e-7` or `0.001` into significant digits
+/// (no leading or trailing zeros) and the decimal exponent of the first digit.
+fn split_scientific(text: &str) -> (String, i32) {
+    let (mantissa, exp) = text.split_once(['e', 'E']).unwrap_or((text, "0"));
+    let exp: i32 = exp.parse().expect("an integer exponent");
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{int_part}{frac_part}");
+    let leading_zeros = all.len() - all.trim_start_matches('0').len();
+    let digits = all.trim_start_matches('0').trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    (digits.to_owned(), exp + int_part.len() as i32 - 1 - leading_zeros as i32)
+}
+
+/// Whether `digits × 10^exp` is exactly halfway between `value` and a neighbouring float4.
+/// All quantities are exact in f64: a float4 and the midpoint of two adjacent float4s
+/// need at most 26 significant bits.
+fn lies_on_rounding_boundary(value: f32, digits: &str, exp: i32) -> bool {
+    let decimal: f64 = format!("{digits}e{}", exp - (digits.len() as i32 - 1))
+        .parse()
+        .expect("digits and exponent form a number");
+    let x = f64::from(value);
+    if decimal == x {
+        return false;
+    }
+    let below = f64::from(f32::from_bits(value.to_bits() - 1));
+    let above = f32::from_bits(value.to_bits() + 1);
+    let above = if above.is_finite() { f64::from(above) } else { x + (x - below) };
+    decimal == (x + below) / 2.0 || decimal == (x + above) / 2.0
 }
 
 /// Writes a whole vector in text form.
@@ -214,6 +260,10 @@ mod tests {
             (123456789.0, "1.2345679e+08"),
             (1.23456789e-30, "1.2345679e-30"),
             (-2.5e-3, "-0.0025"),
+            // where several shortest forms exist, Ryu's choice (checked against float4out)
+            (f32::from_bits(0x4898d324), "312985.12"),
+            (f32::from_bits(0xcdbed5f4), "-4.0021158e+08"),
+            (f32::from_bits(0x518fb1e4), "7.7145604e+10"),
         ];
         for (v, want) in cases {
             assert_eq!(fmt(*v), *want, "formatting {v:e}");
