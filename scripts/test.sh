@@ -26,9 +26,13 @@ tier() { # name command...
     "$@" 2>&1 | tee "$out"
     local rc=${PIPESTATUS[0]}
     set -e
-    local p f
-    p=$(grep -oE '[0-9]+ passed' "$out" | grep -oE '[0-9]+' | paste -sd+ | bc)
-    f=$(grep -oE '[0-9]+ failed' "$out" | grep -oE '[0-9]+' | paste -sd+ | bc)
+    local p f summary
+    # A tier script ends with its own "N passed, N failed"; cargo prints a
+    # "test result: ... N passed; N failed" line per test binary, which are summed.
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -1 || true)
+    [ -n "$summary" ] || summary=$(grep -E '^test result:' "$out" || true)
+    p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | paste -sd+ | bc)
+    f=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' | paste -sd+ | bc)
     p=${p:-0} f=${f:-0}
     if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi   # a tier that died counts as a failure
     rm -f "$out"
