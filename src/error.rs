@@ -11,7 +11,7 @@ pub fn vector_sqlstate(e: &VectorError) -> PgSqlErrorCode {
     use VectorError::*;
     match e {
         InvalidSyntax { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
-        OutOfRange { .. } | Overflow | Underflow => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        OutOfRange { .. } | RealOutOfRange { .. } | Overflow | Underflow => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
         TooManyDims => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         TypmodTooSmall | TypmodTooLarge | TypmodInvalid => ERRCODE_INVALID_PARAMETER_VALUE,
         BadUnusedField(_) => ERRCODE_INVALID_BINARY_REPRESENTATION,

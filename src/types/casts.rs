@@ -52,8 +52,11 @@ fn array_to_vector_float8(a: Array<'_, f64>, typmod: i32, _explicit: bool) -> Ve
 
 #[pg_extern(immutable, parallel_safe, name = "array_to_vector", requires = ["vector_type"])]
 fn array_to_vector_numeric(a: Array<'_, AnyNumeric>, typmod: i32, _explicit: bool) -> VectorOut {
-    // numeric_float4 raises its own out-of-range error for values beyond float4.
-    array_to_vector(a, typmod, |x| f32::try_from(x).unwrap_or_else(|_| raise(VectorError::Overflow)))
+    // A value beyond float4 gets the error PostgreSQL's numeric -> real cast gives
+    // (as pgvector passes it through), without leaving Rust to raise it.
+    array_to_vector(a, typmod, |x| {
+        f32::try_from(x.clone()).unwrap_or_else(|_| raise(VectorError::RealOutOfRange { literal: x.to_string() }))
+    })
 }
 
 #[pg_extern(immutable, parallel_safe, requires = ["vector_type"])]

@@ -135,6 +135,7 @@ BAD_INPUTS = [
     "SELECT subvector('[1,2]'::vector, 3, 1)", "SELECT '{1,NULL}'::real[]::vector",
     "SELECT '{{1,2},{3,4}}'::real[]::vector", "SELECT '{NaN}'::float8[]::vector",
     "SELECT array_fill(1::real, ARRAY[16001])::vector",
+    "SELECT '{1e400}'::numeric[]::vector", "SELECT '{1.5,-2}'::numeric[]::vector::text",
     "SELECT avg(v) FROM (VALUES ('[1,2]'::vector), ('[3]')) t(v)",
     "SELECT avg(v)::text, sum(v)::text FROM (VALUES ('[1,2]'::vector), ('[3,4.5]')) t(v)",
 ]

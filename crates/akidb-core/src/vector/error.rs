@@ -9,6 +9,8 @@ pub enum VectorError {
     InvalidSyntax { input: String, detail: Option<&'static str> },
     /// An element literal too large for float4.
     OutOfRange { literal: String },
+    /// A numeric array element too large for float4 (PostgreSQL's numeric -> real error).
+    RealOutOfRange { literal: String },
     NaN,
     Infinite,
     Empty,
@@ -32,6 +34,7 @@ impl fmt::Display for VectorError {
         match self {
             InvalidSyntax { input, .. } => write!(f, "invalid input syntax for type vector: \"{input}\""),
             OutOfRange { literal } => write!(f, "\"{literal}\" is out of range for type vector"),
+            RealOutOfRange { literal } => write!(f, "\"{literal}\" is out of range for type real"),
             NaN => f.write_str("NaN not allowed in vector"),
             Infinite => f.write_str("infinite value not allowed in vector"),
             Empty => f.write_str("vector must have at least 1 dimension"),
