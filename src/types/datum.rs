@@ -30,6 +30,13 @@ struct Header {
 
 const HEADER_SIZE: usize = core::mem::size_of::<Header>();
 
+/// The first element of the vector whose header is at `header`.
+/// SAFETY: `header` must point at a vector varlena (header followed by `dim` floats).
+unsafe fn elements(header: NonNull<Header>) -> *mut f32 {
+    // SAFETY: the elements start right after the 8-byte header, inside the same allocation.
+    unsafe { header.as_ptr().cast::<u8>().add(HEADER_SIZE).cast::<f32>() }
+}
+
 /// Marker for the SQL type `vector` in pgrx's schema graph.
 pub struct Vector;
 
@@ -71,10 +78,7 @@ impl<'a> VectorRef<'a> {
     pub fn as_slice(&self) -> &'a [f32] {
         // SAFETY: the varlena holds `dim` float4s right after the 8-byte header, and is
         // 4-byte aligned (palloc'd, or in a tuple with typalign 'i').
-        unsafe {
-            let data = self.header.as_ptr().cast::<u8>().add(HEADER_SIZE).cast::<f32>();
-            core::slice::from_raw_parts(data, self.dims())
-        }
+        unsafe { core::slice::from_raw_parts(elements(self.header), self.dims()) }
     }
 
     /// Frees the detoasted copy, if one was made. For functions called many times in
@@ -158,19 +162,12 @@ impl VectorOut {
 
     pub fn as_slice(&self) -> &[f32] {
         // SAFETY: we allocated HEADER_SIZE + dim floats (see `zeroed`).
-        unsafe {
-            let data = self.header.as_ptr().cast::<u8>().add(HEADER_SIZE).cast::<f32>();
-            core::slice::from_raw_parts(data, self.header.as_ref().dim as usize)
-        }
+        unsafe { core::slice::from_raw_parts(elements(self.header), self.header.as_ref().dim as usize) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
-        unsafe {
-            let dims = self.header.as_ref().dim as usize;
-            let data = self.header.as_ptr().cast::<u8>().add(HEADER_SIZE).cast::<f32>();
-            core::slice::from_raw_parts_mut(data, dims)
-        }
+        unsafe { core::slice::from_raw_parts_mut(elements(self.header), self.header.as_ref().dim as usize) }
     }
 }
 
