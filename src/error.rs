@@ -2,6 +2,7 @@
 //! SQLSTATE wherever it is raised.
 
 use akidb_core::vector::VectorError;
+use akidb_embed::EmbedError;
 use pgrx::{ereport, PgSqlErrorCode};
 
 /// The SQLSTATE for each vector error. The codes follow pgvector, so applications that
@@ -44,5 +45,36 @@ pub trait OrRaise<T> {
 impl<T> OrRaise<T> for Result<T, VectorError> {
     fn or_raise(self) -> T {
         self.unwrap_or_else(|e| raise(e))
+    }
+}
+
+/// The SQLSTATE for each embedding error.
+pub fn embed_sqlstate(e: &EmbedError) -> PgSqlErrorCode {
+    use EmbedError::*;
+    use PgSqlErrorCode::*;
+    match e {
+        UnknownModel { .. } => ERRCODE_UNDEFINED_OBJECT,
+        MissingFile { .. } => ERRCODE_UNDEFINED_FILE,
+        InvalidModel { .. } => ERRCODE_CONFIG_FILE_ERROR,
+        Runtime { .. } => ERRCODE_UNDEFINED_FILE,
+        InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+        Inference { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+        HttpUnreachable { .. } => ERRCODE_CONNECTION_EXCEPTION,
+        HttpTimeout { .. } => ERRCODE_CONNECTION_FAILURE,
+        HttpBadResponse { .. } => ERRCODE_PROTOCOL_VIOLATION,
+        Cancelled => ERRCODE_QUERY_CANCELED,
+    }
+}
+
+/// Raises an embedding error as a PostgreSQL ERROR (does not return).
+pub fn raise_embed(e: EmbedError) -> ! {
+    let code = embed_sqlstate(&e);
+    let message = e.to_string();
+    ereport!(ERROR, code, message);
+}
+
+impl<T> OrRaise<T> for Result<T, EmbedError> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| raise_embed(e))
     }
 }

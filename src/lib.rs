@@ -3,14 +3,25 @@
 //! This crate is the PostgreSQL side: it turns SQL calls into calls on `akidb-core` and
 //! back. Layout:
 //! * [`types`] — the `vector` type: on-disk/wire layout, I/O, operators, casts, aggregates.
+//! * [`embed`] — `embed()`, `embed_query()`, the per-backend model cache, akidb.models.
+//! * [`settings`] — every GUC, in one place.
 //! * [`error`] — the one place where core errors become SQLSTATEs.
 
 use pgrx::prelude::*;
 
+pub mod embed;
 pub mod error;
+pub mod settings;
 pub mod types;
 
 ::pgrx::pg_module_magic!(name, version);
+
+/// Registers the settings. Nothing else: no threads, no ONNX Runtime (with
+/// shared_preload_libraries this runs in the postmaster, and threads do not survive fork).
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
 
 /// The SIMD kernel set this backend uses for distances: `avx512`, `avx2`, `neon` or `scalar`.
 #[pg_extern(immutable, parallel_safe)]

@@ -176,8 +176,18 @@ impl IntoDatum for VectorOut {
         Some(pg_sys::Datum::from(self.header.as_ptr()))
     }
 
+    /// The extension's own `vector` type, whatever search_path says (arrays of vectors
+    /// are built with it).
     fn type_oid() -> pg_sys::Oid {
-        pgrx::wrappers::regtypein("vector")
+        let oid = pgrx::spi::Spi::get_one::<pg_sys::Oid>(
+            "SELECT t.oid FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_extension e ON e.extnamespace = t.typnamespace \
+             WHERE e.extname = 'akidb' AND t.typname = 'vector'",
+        );
+        match oid {
+            Ok(Some(oid)) => oid,
+            _ => pgrx::error!("akidb: the extension's vector type is not in the catalog"),
+        }
     }
 }
 

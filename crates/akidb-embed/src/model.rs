@@ -1,0 +1,238 @@
+//! A model: its directory and manifest ([`ModelSpec`]), and once loaded, the backend that
+//! turns texts into vectors ([`Model`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::{EmbedError, Result};
+use crate::http::HttpClient;
+use crate::manifest::{Manifest, Pooling, ProviderKind, Purpose, MANIFEST_FILE};
+use crate::onnx::{self, OnnxSession, SessionOptions};
+use crate::pooling::{finish, TokenStates};
+use crate::threads::{Interrupt, NoInterrupt};
+use crate::tokenize::{plan_batches, Batch, TextEncoder};
+
+/// A model directory and its parsed manifest.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl ModelSpec {
+    /// Reads `model_path/name/akidb.json`.
+    pub fn read(model_path: &Path, name: &str) -> Result<ModelSpec> {
+        let unknown = || EmbedError::UnknownModel { model: name.into(), model_path: model_path.display().to_string() };
+        // A name is one directory, never a path out of model_path.
+        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+            return Err(unknown());
+        }
+        let dir = model_path.join(name);
+        let file = dir.join(MANIFEST_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown()),
+            Err(e) => {
+                return Err(EmbedError::MissingFile { model: name.into(), file: file.display().to_string(), detail: e.to_string() })
+            }
+        };
+        let manifest = Manifest::parse(name, &file.display().to_string(), &text)?;
+        Ok(ModelSpec { name: name.into(), dir, manifest })
+    }
+
+    /// Every directory under `model_path` with a manifest, sorted by name; a manifest
+    /// that does not parse is listed with its error.
+    pub fn list(model_path: &Path) -> Vec<(String, Result<ModelSpec>)> {
+        let mut names: Vec<String> = std::fs::read_dir(model_path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join(MANIFEST_FILE).is_file())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names.into_iter().map(|n| {
+            let spec = ModelSpec::read(model_path, &n);
+            (n, spec)
+        }).collect()
+    }
+}
+
+/// What loading needs besides the model itself.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub onnxruntime_library: PathBuf,
+    pub session: SessionOptions,
+    pub http_api_key: Option<String>,
+}
+
+enum Backend {
+    Onnx { session: OnnxSession, encoder: TextEncoder },
+    Http(HttpClient),
+    Mock,
+}
+
+/// A loaded model, ready to embed.
+pub struct Model {
+    pub spec: ModelSpec,
+    backend: Backend,
+    /// Where it runs: `cpu`, `cuda`, `tensorrt`, `http`, `mock`.
+    pub execution_provider: &'static str,
+    /// Providers tried before the one in use, with the reason each was passed over.
+    pub passed_over: Vec<(&'static str, String)>,
+    pub load_ms: f64,
+    /// Resident memory the load added to this process (bytes; 0 where unknown).
+    pub memory_bytes: i64,
+    max_rows: usize,
+    max_cells: usize,
+}
+
+impl Model {
+    pub fn load(spec: ModelSpec, opts: &LoadOptions) -> Result<Model> {
+        let started = Instant::now();
+        let rss_before = resident_bytes();
+        let m = &spec.manifest;
+        let max_rows = m.batch_size.unwrap_or(32);
+        let max_cells = m.batch_tokens.unwrap_or(8192);
+        let mut passed_over = Vec::new();
+        let (backend, execution_provider) = match m.provider {
+            ProviderKind::Mock => (Backend::Mock, "mock"),
+            ProviderKind::Http => {
+                let section = m.http.as_ref().expect("checked by Manifest::parse");
+                let key = opts.http_api_key.clone().filter(|k| !k.is_empty()).or_else(|| {
+                    section.api_key_env.as_ref().and_then(|v| std::env::var(v).ok())
+                });
+                (Backend::Http(HttpClient::new(&spec.name, section, key, m.dimensions)), "http")
+            }
+            ProviderKind::Onnx => {
+                let env = onnx::environment(&opts.onnxruntime_library)?;
+                let tokenizer_file = spec.dir.join(&m.onnx.tokenizer_file);
+                let encoder = TextEncoder::load(&spec.name, &tokenizer_file, m.max_tokens, m.onnx.pad_token_id)?;
+                let mut session_opts = opts.session.clone();
+                session_opts.max_tokens = m.max_tokens;
+                session_opts.max_batch = max_rows;
+                let pre_pooled = match &m.pooling {
+                    Pooling::Output(name) => Some(name.as_str()),
+                    _ => None,
+                };
+                let model_file = spec.dir.join(&m.onnx.model_file);
+                let loaded = OnnxSession::load(env, &spec.name, &model_file, m.onnx.output.as_deref(), pre_pooled, &session_opts)?;
+                passed_over = loaded.passed_over.into_iter().map(|(p, why)| (p.name(), why)).collect();
+                let provider = loaded.session.provider.name();
+                let mut backend = Backend::Onnx { session: loaded.session, encoder };
+                probe(&spec, &mut backend, &tokenizer_file)?;
+                (backend, provider)
+            }
+        };
+        Ok(Model {
+            spec,
+            backend,
+            execution_provider,
+            passed_over,
+            load_ms: started.elapsed().as_secs_f64() * 1e3,
+            memory_bytes: (resident_bytes() - rss_before).max(0),
+            max_rows,
+            max_cells,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Embeds `texts` (prefixed for `purpose`), `dims` values each. The vector of a text
+    /// never depends on the other texts of the call.
+    pub fn embed(&mut self, texts: &[&str], purpose: Purpose, dims: Option<usize>, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
+        let m = &self.spec.manifest;
+        let out_dims = m.output_dims(&self.spec.name, dims)?;
+        let normalize = m.normalize;
+        let prefix = m.prefix(purpose);
+        let prefixed = |t: &str| if prefix.is_empty() { t.to_string() } else { format!("{prefix}{t}") };
+        let raw: Vec<Vec<f32>> = match &mut self.backend {
+            Backend::Mock => texts.iter().map(|t| crate::mock::embed(&prefixed(t), m.dimensions)).collect(),
+            Backend::Http(client) => {
+                let all: Vec<String> = texts.iter().map(|t| prefixed(t)).collect();
+                client.embed(&all, interrupt)?
+            }
+            Backend::Onnx { session, encoder } => {
+                let ids: Vec<Vec<u32>> =
+                    texts.iter().map(|t| encoder.encode(&self.spec.name, &prefixed(t))).collect::<Result<_>>()?;
+                let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+                let mut raw = vec![Vec::new(); texts.len()];
+                for rows in plan_batches(&lengths, self.max_rows, self.max_cells) {
+                    let seqs: Vec<&[u32]> = rows.iter().map(|&i| ids[i].as_slice()).collect();
+                    let batch = Batch::pad(&seqs, m.padding_side, encoder.pad_id);
+                    let pooled = run_and_pool(session, &m.pooling, m.dimensions, &batch, interrupt)?;
+                    for (&i, v) in rows.iter().zip(pooled) {
+                        raw[i] = v;
+                    }
+                }
+                raw
+            }
+        };
+        Ok(raw.into_iter().map(|v| finish(v, out_dims, normalize)).collect())
+    }
+}
+
+/// Runs a batch and pools each row; checks the output has the manifest's dimensions.
+fn run_and_pool(session: &mut OnnxSession, pooling: &Pooling, dims: usize, batch: &Batch, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
+    let (values, shape) = session.run(batch, interrupt)?;
+    let bad_shape = |detail: String| EmbedError::InvalidModel {
+        model: String::new(),
+        file: session.file().to_string(),
+        detail,
+    };
+    if session.pre_pooled {
+        if shape != [batch.rows, dims] {
+            return Err(bad_shape(format!("output has shape {shape:?}, expected [{}, {dims}] (dimensions in akidb.json)", batch.rows)));
+        }
+        return Ok(values.chunks(dims).map(|c| c.to_vec()).collect());
+    }
+    if shape != [batch.rows, batch.seq, dims] {
+        return Err(bad_shape(format!(
+            "output has shape {shape:?}, expected [{}, {}, {dims}] (dimensions in akidb.json)",
+            batch.rows, batch.seq
+        )));
+    }
+    let states = TokenStates { states: &values, mask: &batch.mask, batch: batch.rows, seq: batch.seq, dim: dims };
+    Ok((0..batch.rows)
+        .map(|r| {
+            let mut v = vec![0.0; dims];
+            states.pool_row(pooling, r, &mut v);
+            v
+        })
+        .collect())
+}
+
+/// One run at load time: the tokenizer's largest id must be a valid input, and the output
+/// must have the manifest's shape. Either failing names the file at fault.
+fn probe(spec: &ModelSpec, backend: &mut Backend, tokenizer_file: &Path) -> Result<()> {
+    let Backend::Onnx { session, encoder } = backend else { return Ok(()) };
+    let m = &spec.manifest;
+    let batch = Batch::pad(&[&[encoder.max_id, encoder.max_id]], m.padding_side, encoder.pad_id);
+    match run_and_pool(session, &m.pooling, m.dimensions, &batch, &NoInterrupt) {
+        Ok(_) => Ok(()),
+        Err(EmbedError::InvalidModel { file, detail, .. }) => Err(EmbedError::InvalidModel { model: spec.name.clone(), file, detail }),
+        Err(EmbedError::Inference { detail, .. }) => Err(EmbedError::InvalidModel {
+            model: spec.name.clone(),
+            file: tokenizer_file.display().to_string(),
+            detail: format!(
+                "the tokenizer produces token ids up to {}, which {} does not accept: {detail}",
+                encoder.max_id,
+                session.file()
+            ),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
+fn resident_bytes() -> i64 {
+    let page = 4096i64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
+        .map_or(0, |pages| pages * page)
+}

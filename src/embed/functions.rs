@@ -1,0 +1,111 @@
+//! The SQL functions. `embed` is IMMUTABLE (it feeds generated columns and expression
+//! indexes; changing a model's files then needs REINDEX), STRICT and PARALLEL SAFE. The
+//! optional arguments default to '' (akidb.default_model) and 0 (all dimensions), not
+//! NULL: a STRICT function would turn a NULL default into a NULL result.
+
+use akidb_embed::Purpose;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use super::registry::{self, with_model, PgInterrupt};
+use crate::types::datum::VectorOut;
+
+fn dims_arg(dims: i32) -> Option<usize> {
+    match dims {
+        0 => None,
+        d if d < 0 => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("dims must be positive, not {d}"),
+                "Omit dims (or pass 0) for the model's full output."
+            );
+        }
+        d => Some(d as usize),
+    }
+}
+
+fn embed_one(input: &str, model: &str, dims: i32, purpose: Purpose) -> VectorOut {
+    let name = registry::resolve_model(model);
+    let dims = dims_arg(dims);
+    let mut v = with_model(&name, |m| m.embed(&[input], purpose, dims, &PgInterrupt));
+    VectorOut::from_slice(&v.pop().expect("one text in, one vector out"))
+}
+
+fn embed_many(inputs: Array<&str>, model: &str, dims: i32, purpose: Purpose) -> Vec<Option<VectorOut>> {
+    let name = registry::resolve_model(model);
+    let dims = dims_arg(dims);
+    let texts: Vec<Option<&str>> = inputs.iter().collect();
+    let present: Vec<&str> = texts.iter().flatten().copied().collect();
+    let mut vectors = if present.is_empty() {
+        Vec::new()
+    } else {
+        with_model(&name, |m| m.embed(&present, purpose, dims, &PgInterrupt))
+    }
+    .into_iter();
+    texts.iter().map(|t| t.map(|_| VectorOut::from_slice(&vectors.next().expect("one vector per text")))).collect()
+}
+
+/// The embedding of a document.
+#[pg_extern(immutable, parallel_safe, name = "embed", requires = ["vector_type"])]
+fn embed_text(input: &str, model: default!(&str, "''"), dims: default!(i32, 0)) -> VectorOut {
+    embed_one(input, model, dims, Purpose::Document)
+}
+
+/// The embedding of a query: the model's query instruction or prefix, then the text.
+#[pg_extern(immutable, parallel_safe, requires = ["vector_type"])]
+fn embed_query(input: &str, model: default!(&str, "''"), dims: default!(i32, 0)) -> VectorOut {
+    embed_one(input, model, dims, Purpose::Query)
+}
+
+/// The embeddings of many documents, in batches (the fast path for bulk work). NULL
+/// elements give NULL elements.
+#[pg_extern(immutable, parallel_safe, name = "embed", requires = ["vector_type"])]
+fn embed_texts(inputs: Array<&str>, model: default!(&str, "''"), dims: default!(i32, 0)) -> Vec<Option<VectorOut>> {
+    embed_many(inputs, model, dims, Purpose::Document)
+}
+
+/// Loads a model into this backend now and returns the execution provider it got.
+#[pg_extern(volatile, parallel_unsafe)]
+fn akidb_load_model(name: &str) -> &'static str {
+    registry::load_model(&registry::resolve_model(name))
+}
+
+/// Frees a model's session in this backend; false if it was not loaded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn akidb_unload_model(name: &str) -> bool {
+    registry::unload_model(&registry::resolve_model(name))
+}
+
+/// Every model under akidb.model_path and, for this backend, its load state.
+#[pg_extern(volatile, parallel_safe)]
+fn akidb_models() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(provider, Option<String>),
+        name!(dimensions, Option<i32>),
+        name!(pooling, Option<String>),
+        name!(max_tokens, Option<i32>),
+        name!(loaded, bool),
+        name!(execution_provider, Option<String>),
+        name!(load_ms, Option<f64>),
+        name!(memory_bytes, Option<i64>),
+        name!(error, Option<String>),
+    ),
+> {
+    TableIterator::new(registry::model_rows().into_iter().map(|r| {
+        (r.name, r.provider, r.dimensions, r.pooling, r.max_tokens, r.loaded, r.execution_provider, r.load_ms, r.memory_bytes, r.error)
+    }))
+}
+
+extension_sql!(
+    r#"
+CREATE SCHEMA IF NOT EXISTS akidb;
+COMMENT ON SCHEMA akidb IS 'akidb catalog views';
+CREATE VIEW akidb.models AS SELECT * FROM akidb_models();
+COMMENT ON VIEW akidb.models IS 'Embedding models under akidb.model_path, and whether this backend has loaded each';
+"#,
+    name = "akidb_models_view",
+    requires = [akidb_models]
+);

@@ -1,0 +1,215 @@
+//! One loaded model per name per backend, created on first use and kept for the
+//! backend's life (or until `akidb_unload_model`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use akidb_embed::{
+    EmbedError, ExecutionProvider, Interrupt, LoadOptions, Model, ModelSpec, SessionOptions, TensorRtOptions,
+};
+use parking_lot::Mutex;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::{raise_embed, OrRaise};
+use crate::settings;
+
+/// The models this backend has loaded. Backends are single-threaded; the lock keeps the
+/// cache sound should a helper thread ever look at it.
+static MODELS: Mutex<BTreeMap<String, Model>> = Mutex::new(BTreeMap::new());
+
+/// Cancel requests of PostgreSQL (statement_timeout, pg_cancel_backend, termination),
+/// read on the main thread while inference runs on a helper.
+pub struct PgInterrupt;
+
+impl Interrupt for PgInterrupt {
+    fn pending(&self) -> bool {
+        // SAFETY: plain reads of sig_atomic_t flags that signal handlers set.
+        unsafe {
+            std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+                || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+        }
+    }
+}
+
+fn install_dir(get: unsafe fn(*const std::ffi::c_char, *mut std::ffi::c_char)) -> PathBuf {
+    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];
+    // SAFETY: my_exec_path is set at backend start; buf has MAXPGPATH bytes as required.
+    unsafe { get((&raw const pg_sys::my_exec_path).cast(), buf.as_mut_ptr()) };
+    // SAFETY: get_*_path writes a NUL-terminated path into buf.
+    PathBuf::from(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+pub fn model_path() -> PathBuf {
+    settings::model_path()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| install_dir(pg_sys::get_share_path).join("akidb").join("models"))
+}
+
+fn onnxruntime_library() -> PathBuf {
+    settings::onnxruntime_library()
+        .or_else(|| std::env::var("ORT_DYLIB_PATH").ok().filter(|s| !s.is_empty()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| install_dir(pg_sys::get_pkglib_path).join("akidb").join("libonnxruntime.so"))
+}
+
+fn data_dir() -> PathBuf {
+    // SAFETY: DataDir is set for the life of a backend.
+    PathBuf::from(unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned())
+}
+
+/// The model a call names, or `akidb.default_model` for ''.
+pub fn resolve_model(name: &str) -> String {
+    if !name.is_empty() {
+        return name.to_string();
+    }
+    settings::default_model().unwrap_or_else(|| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "no embedding model given and akidb.default_model is empty",
+            "Name a model, or SET akidb.default_model."
+        );
+    })
+}
+
+/// Load options from the current settings.
+pub fn load_options() -> LoadOptions {
+    let mut providers = Vec::new();
+    for name in settings::execution_providers().split(',').filter(|s| !s.trim().is_empty()) {
+        match ExecutionProvider::parse(name) {
+            Some(p) => providers.push(p),
+            None => {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("akidb.execution_providers: unknown execution provider \"{}\"", name.trim()),
+                    "Use a comma-separated list of tensorrt, cuda and cpu."
+                );
+            }
+        }
+    }
+    if providers.is_empty() {
+        providers.push(ExecutionProvider::Cpu);
+    }
+    let threads = match settings::ONNX_THREADS.get() {
+        0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 4).clamp(1, 4),
+        n => n as usize,
+    };
+    let cache_dir = settings::TENSORRT_CACHE.get().then(|| {
+        settings::tensorrt_cache_path().map(PathBuf::from).unwrap_or_else(|| data_dir().join("akidb_tensorrt_cache"))
+    });
+    LoadOptions {
+        onnxruntime_library: onnxruntime_library(),
+        session: SessionOptions {
+            providers,
+            threads,
+            cuda_device: settings::CUDA_DEVICE.get(),
+            tensorrt: TensorRtOptions {
+                fp16: settings::TENSORRT_FP16.get(),
+                cache_dir,
+                workspace_bytes: settings::TENSORRT_WORKSPACE_MB.get() as usize * (1 << 20),
+            },
+            max_batch: 32,
+            max_tokens: 512,
+        },
+        http_api_key: settings::http_api_key(),
+    }
+}
+
+/// Runs `f` on the named model, loading it first if this backend has not.
+pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedError>) -> T {
+    let mut models = MODELS.lock();
+    if !models.contains_key(name) {
+        let model = load(name);
+        models.insert(name.to_string(), model);
+    }
+    let model = models.get_mut(name).expect("inserted above");
+    let result = f(model);
+    drop(models);
+    match result {
+        Err(EmbedError::Cancelled) => {
+            // PostgreSQL raises the right error (statement timeout or cancel) itself.
+            pgrx::check_for_interrupts!();
+            raise_embed(EmbedError::Cancelled)
+        }
+        other => other.or_raise(),
+    }
+}
+
+fn load(name: &str) -> Model {
+    let spec = ModelSpec::read(&model_path(), name).or_raise();
+    let opts = load_options();
+    if let Some(dir) = &opts.session.tensorrt.cache_dir {
+        if opts.session.providers.contains(&ExecutionProvider::TensorRt) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let model = Model::load(spec, &opts).or_raise();
+    if !model.passed_over.is_empty() {
+        let why: Vec<String> = model.passed_over.iter().map(|(p, e)| format!("{p}: {}", e.trim_end_matches('.'))).collect();
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("embedding model \"{name}\" runs on {}", model.execution_provider),
+            format!("Passed over {}.", why.join("; "))
+        );
+    }
+    model
+}
+
+/// Loads `name` (if needed) and returns its execution provider.
+pub fn load_model(name: &str) -> &'static str {
+    with_model(name, |m| Ok(m.execution_provider))
+}
+
+/// Frees `name`; false if it was not loaded.
+pub fn unload_model(name: &str) -> bool {
+    MODELS.lock().remove(name).is_some()
+}
+
+/// A row of akidb.models.
+pub struct ModelRow {
+    pub name: String,
+    pub provider: Option<String>,
+    pub dimensions: Option<i32>,
+    pub pooling: Option<String>,
+    pub max_tokens: Option<i32>,
+    pub loaded: bool,
+    pub execution_provider: Option<String>,
+    pub load_ms: Option<f64>,
+    pub memory_bytes: Option<i64>,
+    pub error: Option<String>,
+}
+
+pub fn model_rows() -> Vec<ModelRow> {
+    let models = MODELS.lock();
+    ModelSpec::list(&model_path())
+        .into_iter()
+        .map(|(name, spec)| {
+            let loaded = models.get(&name);
+            let (provider, dimensions, pooling, max_tokens, error) = match &spec {
+                Ok(s) => (
+                    Some(s.manifest.provider.as_str().to_string()),
+                    Some(s.manifest.dimensions as i32),
+                    Some(s.manifest.pooling.name()),
+                    Some(s.manifest.max_tokens as i32),
+                    None,
+                ),
+                Err(e) => (None, None, None, None, Some(e.to_string())),
+            };
+            ModelRow {
+                name,
+                provider,
+                dimensions,
+                pooling,
+                max_tokens,
+                loaded: loaded.is_some(),
+                execution_provider: loaded.map(|m| m.execution_provider.to_string()),
+                load_ms: loaded.map(|m| m.load_ms),
+                memory_bytes: loaded.map(|m| m.memory_bytes),
+                error,
+            }
+        })
+        .collect()
+}

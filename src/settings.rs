@@ -1,0 +1,168 @@
+//! Every akidb setting (GUC), declared in one place: name, unit, range and who may set
+//! it. Settings that name files, libraries, URLs or keys are superuser-only (SUSET).
+
+use std::ffi::{CStr, CString};
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+pub static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DEFAULT_MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static EXECUTION_PROVIDERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"tensorrt,cuda,cpu"));
+pub static ONNX_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static CUDA_DEVICE: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static TENSORRT_FP16: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static TENSORRT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static TENSORRT_CACHE_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static TENSORRT_WORKSPACE_MB: GucSetting<i32> = GucSetting::<i32>::new(2048);
+
+/// The API key is not a pgrx GucSetting: it gets a show hook that masks it, so neither
+/// SHOW nor pg_settings (nor anything that prints settings) ever reveals it.
+static mut HTTP_API_KEY: *mut std::ffi::c_char = std::ptr::null_mut();
+
+fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
+}
+
+pub fn model_path() -> Option<String> {
+    text(&MODEL_PATH)
+}
+pub fn default_model() -> Option<String> {
+    text(&DEFAULT_MODEL)
+}
+pub fn onnxruntime_library() -> Option<String> {
+    text(&ONNXRUNTIME_LIBRARY)
+}
+pub fn execution_providers() -> String {
+    text(&EXECUTION_PROVIDERS).unwrap_or_else(|| "cpu".into())
+}
+pub fn tensorrt_cache_path() -> Option<String> {
+    text(&TENSORRT_CACHE_PATH)
+}
+
+pub fn http_api_key() -> Option<String> {
+    // SAFETY: PostgreSQL owns the variable and only changes it on this (the main) thread.
+    let p = unsafe { HTTP_API_KEY };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: a GUC string variable is a valid NUL-terminated string while set.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+unsafe extern "C-unwind" fn show_masked() -> *const std::ffi::c_char {
+    if http_api_key().is_some() {
+        c"********".as_ptr()
+    } else {
+        c"".as_ptr()
+    }
+}
+
+/// Registers the settings; called from `_PG_init` (no threads, no files touched).
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"akidb.model_path",
+        c"Directory holding one subdirectory (with an akidb.json) per embedding model.",
+        c"Empty means SHAREDIR/akidb/models, where `make install` puts the default model.",
+        &MODEL_PATH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"akidb.default_model",
+        c"Embedding model used when embed() is given no model.",
+        c"",
+        &DEFAULT_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"akidb.onnxruntime_library",
+        c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
+        c"Empty means the ORT_DYLIB_PATH environment variable, else PKGLIBDIR/akidb/libonnxruntime.so. Read once per backend, at the first ONNX model load.",
+        &ONNXRUNTIME_LIBRARY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"akidb.execution_providers",
+        c"ONNX Runtime execution providers to try, in order (tensorrt, cuda, cpu).",
+        c"Applies to models loaded afterwards; akidb.models shows the one each model got.",
+        &EXECUTION_PROVIDERS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.onnx_threads",
+        c"Threads per ONNX Runtime session (one inference); 0 picks a share of the CPUs.",
+        c"0 means max(1, CPUs / 4) capped at 4, so many backends do not oversubscribe the machine.",
+        &ONNX_THREADS,
+        0,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.cuda_device",
+        c"CUDA device id for the cuda and tensorrt execution providers.",
+        c"",
+        &CUDA_DEVICE,
+        0,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"akidb.tensorrt_fp16",
+        c"Let TensorRT build FP16 engines.",
+        c"",
+        &TENSORRT_FP16,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"akidb.tensorrt_cache",
+        c"Keep TensorRT engine and timing caches on disk, so an engine is built once per model, not per backend.",
+        c"",
+        &TENSORRT_CACHE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"akidb.tensorrt_cache_path",
+        c"Directory of the TensorRT engine and timing caches.",
+        c"Empty means DATADIR/akidb_tensorrt_cache.",
+        &TENSORRT_CACHE_PATH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.tensorrt_workspace",
+        c"TensorRT builder workspace.",
+        c"",
+        &TENSORRT_WORKSPACE_MB,
+        64,
+        1 << 20,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
+    );
+    // SAFETY: defines a string GUC over a static this module owns; the strings are
+    // 'static; the show hook only reads the variable.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"akidb.http_api_key".as_ptr(),
+            c"API key sent to remote embedding servers (http provider).".as_ptr(),
+            c"Never shown: SHOW and pg_settings display ********.".as_ptr(),
+            &raw mut HTTP_API_KEY,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NO_SHOW_ALL | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
+            None,
+            None,
+            Some(show_masked),
+        );
+        pg_sys::MarkGUCPrefixReserved(c"akidb".as_ptr());
+    }
+}
