@@ -4,7 +4,6 @@
 # the pgvector Python package. Prints "N passed, N failed".
 source "$(dirname "$0")/lib.sh"
 install_extension 18
-py="$(ensure_venv)"
 start_cluster 18 compat-18 55518
 trap stop_cluster EXIT
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -13,14 +12,4 @@ psql -d compat_both -c "CREATE SCHEMA pgv" -c "CREATE EXTENSION vector SCHEMA pg
      -c "CREATE SCHEMA aki" -c "CREATE EXTENSION akidb SCHEMA aki"
 psql -d compat_akidb -c "CREATE EXTENSION akidb"
 log "pgvector $(psql -d compat_both -Atc "SELECT extversion FROM pg_extension WHERE extname = 'vector'") beside akidb on PostgreSQL 18"
-set +e
-"$py" -m pytest -q -p no:cacheprovider "$AKIDB_ROOT/tests/compat" 2>&1 | tee "$CLUSTER_DIR/pytest.txt"
-rc=${PIPESTATUS[0]}
-set -e
-summary=$(tail -1 "$CLUSTER_DIR/pytest.txt")
-passed=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
-failed=$(echo "$summary" | grep -oE '[0-9]+ (failed|error)' | grep -oE '[0-9]+' | paste -sd+ | bc 2>/dev/null || echo 0)
-[ -z "$failed" ] && failed=0
-[ "$rc" != 0 ] && [ "$failed" = 0 ] && failed=1
-echo "$passed passed, $failed failed"
-[ "$rc" = 0 ]
+run_pytest "$AKIDB_ROOT/tests/compat"

@@ -213,3 +213,22 @@ install_runtime() { # version
     done
     chmod -R a+rX "$libdir" "$sharedir"
 }
+
+# Runs pytest over a test directory and prints "N passed, N failed" (what CI reads).
+run_pytest() { # dir [pytest args...]
+    local dir="$1"; shift
+    local py; py="$(ensure_venv)"
+    local out; out="$(mktemp)"
+    set +e
+    "$py" -m pytest -q -p no:cacheprovider "$dir" "$@" 2>&1 | tee "$out"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local summary passed failed
+    summary=$(tail -1 "$out"); rm -f "$out"
+    passed=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+    failed=$(echo "$summary" | grep -oE '[0-9]+ (failed|errors?)' | grep -oE '[0-9]+' | paste -sd+ | bc 2>/dev/null || echo 0)
+    [ -z "$failed" ] && failed=0
+    [ "$rc" != 0 ] && [ "$failed" = 0 ] && failed=1
+    echo "$passed passed, $failed failed"
+    return "$rc"
+}

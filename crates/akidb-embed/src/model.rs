@@ -157,8 +157,14 @@ impl Model {
                 client.embed(&all, interrupt)?
             }
             Backend::Onnx { session, encoder } => {
-                let ids: Vec<Vec<u32>> =
-                    texts.iter().map(|t| encoder.encode(&self.spec.name, &prefixed(t))).collect::<Result<_>>()?;
+                let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+                for (i, t) in texts.iter().enumerate() {
+                    // Tokenising thousands of long texts takes a while: stay cancellable.
+                    if i % 64 == 63 && interrupt.pending() {
+                        return Err(EmbedError::Cancelled);
+                    }
+                    ids.push(encoder.encode(&self.spec.name, &prefixed(t))?);
+                }
                 let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
                 let mut raw = vec![Vec::new(); texts.len()];
                 for rows in plan_batches(&lengths, self.max_rows, self.max_cells) {

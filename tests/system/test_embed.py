@@ -1,0 +1,239 @@
+"""embed() in a real server: the default model against sentence-transformers, batches,
+NULLs, errors and their SQLSTATEs, broken models, cancel and statement_timeout, the
+mock provider, model management, and many short-lived backends."""
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from conftest import REPO, add_model, connect, parse_vector, server_log, set_model_path
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def reference():
+    r = json.load(open(os.path.join(REPO, "tests/embed/fixtures/minilm_reference.json"), encoding="utf-8"))
+    return r["texts"], np.array(r["embeddings"])
+
+
+def vec(conn, sql, params=()):
+    return np.array(parse_vector(conn.execute(sql, params).fetchone()[0]))
+
+
+def error_of(conn, sql, params=()):
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql, params)
+    return e.value.sqlstate, e.value.diag.message_primary
+
+
+def test_default_model_matches_sentence_transformers(conn):
+    texts, ref = reference()
+    for i, t in enumerate(texts):
+        v = vec(conn, "SELECT embed(%s)::text", (t,))
+        cos = float(v @ ref[i] / np.linalg.norm(v) / np.linalg.norm(ref[i]))
+        assert cos >= 0.999, f"text {i} {t[:40]!r}: cosine {cos}"
+
+
+def test_batch_equals_single_and_nulls_stay_in_place(conn):
+    texts, _ = reference()
+    with_nulls = texts[:5] + [None] + texts[5:]
+    rows = conn.execute("SELECT v::text FROM unnest(embed(%s::text[])) WITH ORDINALITY AS u(v, i) ORDER BY i",
+                        (with_nulls,)).fetchall()
+    assert len(rows) == len(with_nulls)
+    assert rows[5][0] is None
+    for t, (v,) in zip(with_nulls, rows):
+        if t is None:
+            continue
+        single = vec(conn, "SELECT embed(%s)::text", (t,))
+        assert np.abs(np.array(parse_vector(v)) - single).max() < 1e-5
+
+
+def test_null_in_null_out_and_the_function_properties(conn):
+    assert conn.execute("SELECT embed(NULL::text), embed_query(NULL::text), embed(NULL::text[])").fetchone() == (None, None, None)
+    assert conn.execute("SELECT embed(ARRAY[NULL]::text[])::text").fetchone()[0] == '{NULL}'
+    assert conn.execute("SELECT cardinality(embed('{}'::text[]))").fetchone()[0] == 0
+    assert conn.execute("SELECT vector_dims(embed(''))").fetchone()[0] == 384
+    props = conn.execute("""SELECT DISTINCT provolatile, proisstrict, proparallel FROM pg_proc
+                            WHERE proname IN ('embed', 'embed_query')""").fetchall()
+    assert props == [("i", True, "s")]
+    # Symmetric model: query and document forms agree.
+    q = vec(conn, "SELECT embed_query('brake pads')::text")
+    d = vec(conn, "SELECT embed('brake pads')::text")
+    assert np.abs(q - d).max() < 1e-6
+
+
+def test_embed_feeds_a_generated_column_and_an_expression_index(conn):
+    conn.execute("DROP TABLE IF EXISTS gen")
+    conn.execute(f"""CREATE TABLE gen (body text, v vector(384)
+                     GENERATED ALWAYS AS (embed(body, '{MINILM}')) STORED)""")
+    conn.execute("INSERT INTO gen(body) VALUES ('how to bleed brakes'), ('engine oil capacity'), (NULL)")
+    conn.execute(f"CREATE INDEX ON gen ((embed(body, '{MINILM}') <-> '[{','.join(['0'] * 384)}]'))")
+    best = conn.execute("SELECT body FROM gen WHERE v IS NOT NULL ORDER BY v <=> embed_query('brake fluid') LIMIT 1").fetchone()[0]
+    assert best == "how to bleed brakes"
+    assert conn.execute("SELECT count(*) FROM gen WHERE v IS NULL").fetchone()[0] == 1
+    conn.execute("DROP TABLE gen")
+
+
+def test_errors_have_the_right_sqlstate_and_the_backend_survives(conn):
+    code, msg = error_of(conn, "SELECT embed('x', 'no-such-model')")
+    assert code == "42704" and "no-such-model" in msg
+    code, msg = error_of(conn, f"SELECT embed('x', '{MINILM}', 128)")
+    assert code == "22023" and "not a Matryoshka model" in msg
+    code, msg = error_of(conn, "SELECT embed('x', dims => -3)")
+    assert code == "22023"
+    code, msg = error_of(conn, "SELECT embed('x', '../etc')")
+    assert code == "42704"
+    conn.execute("SET akidb.default_model = ''")
+    code, msg = error_of(conn, "SELECT embed('x')")
+    assert code == "22023" and "akidb.default_model" in msg
+    conn.execute("RESET akidb.default_model")
+    assert conn.execute("SELECT vector_dims(embed('still here'))").fetchone()[0] == 384
+
+
+def test_models_view_load_and_unload(conn):
+    notices = []
+    # A notice's fields are only readable inside the handler: copy them.
+    conn.add_notice_handler(lambda d: notices.append((d.message_primary or "", d.message_detail or "")))
+    conn.execute("SELECT akidb_unload_model(%s)", (MINILM,))
+    row = conn.execute("SELECT loaded, execution_provider FROM akidb.models WHERE name = %s", (MINILM,)).fetchone()
+    assert row == (False, None)
+    assert conn.execute("SELECT akidb_load_model(%s)", (MINILM,)).fetchone()[0] == "cpu"
+    # Fell back from tensorrt and cuda, and said why.
+    assert any("runs on cpu" in msg and "tensorrt" in detail and "cuda" in detail for msg, detail in notices), notices
+    row = conn.execute("""SELECT provider, dimensions, pooling, max_tokens, loaded, execution_provider,
+                                 load_ms, memory_bytes FROM akidb.models WHERE name = %s""", (MINILM,)).fetchone()
+    assert row[:6] == ("onnx", 384, "mean", 256, True, "cpu")
+    assert row[6] > 0 and row[7] > 10_000_000
+    assert conn.execute("SELECT akidb_unload_model(%s), akidb_unload_model(%s)", (MINILM, MINILM)).fetchone() == (True, False)
+    conn.execute("SET akidb.execution_providers = 'cpu'")
+    notices.clear()
+    assert conn.execute("SELECT akidb_load_model(%s)", (MINILM,)).fetchone()[0] == "cpu"
+    assert not any("runs on" in msg for msg, _ in notices)
+    conn.execute("SELECT akidb_unload_model(%s)", (MINILM,))
+    conn.execute("SET akidb.execution_providers = 'cuda,gpu'")
+    code, msg = error_of(conn, "SELECT akidb_load_model(%s)", (MINILM,))
+    assert code == "22023" and '"gpu"' in msg
+    conn.execute("RESET akidb.execution_providers")
+
+
+def test_mock_provider_prefixes_and_matryoshka(conn, model_dir):
+    add_model(model_dir, "mock-64", {"provider": "mock", "dimensions": 64, "matryoshka_dims": [16, 32],
+                                      "query_prefix": "query: "})
+    a = vec(conn, "SELECT embed('hello', 'mock-64')::text")
+    assert len(a) == 64 and abs(np.linalg.norm(a) - 1) < 1e-6
+    assert np.array_equal(a, vec(conn, "SELECT embed('hello', 'mock-64')::text"))
+    assert not np.array_equal(a, vec(conn, "SELECT embed('hello!', 'mock-64')::text"))
+    q = vec(conn, "SELECT embed_query('hello', 'mock-64')::text")
+    assert not np.array_equal(a, q)
+    assert np.array_equal(q, vec(conn, "SELECT embed('query: hello', 'mock-64')::text"))
+    t = vec(conn, "SELECT embed('hello', 'mock-64', 16)::text")
+    assert len(t) == 16 and abs(np.linalg.norm(t) - 1) < 1e-6
+    # Truncation is the first dims values, renormalised.
+    assert np.abs(t - a[:16] / np.linalg.norm(a[:16])).max() < 1e-6
+    code, msg = error_of(conn, "SELECT embed('hello', 'mock-64', 20)")
+    assert code == "22023" and "16, 32, 64" in msg
+    rows = conn.execute("SELECT array_length(embed(ARRAY['a','b',NULL], 'mock-64', 32), 1)").fetchone()
+    assert rows == (3,)
+
+
+def broken_models(model_dir):
+    src = os.path.join(REPO, "models", MINILM)
+    manifest = json.load(open(os.path.join(src, "akidb.json")))
+    tok = json.load(open(os.path.join(src, "tokenizer.json")))
+    tok["added_tokens"].append({"id": 40000, "content": "[BEYOND]", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    onnx, tj = os.path.join(src, "model.onnx"), os.path.join(src, "tokenizer.json")
+    add_model(model_dir, "bad-missing", manifest, {"tokenizer.json": tj})
+    add_model(model_dir, "bad-corrupt", manifest, {"model.onnx": b"\x08\x07garbage" * 100, "tokenizer.json": tj})
+    add_model(model_dir, "bad-shape", dict(manifest, dimensions=768), {"model.onnx": onnx, "tokenizer.json": tj})
+    add_model(model_dir, "bad-vocab", manifest, {"model.onnx": onnx, "tokenizer.json": json.dumps(tok).encode()})
+    add_model(model_dir, "bad-manifest", '{"dimensions": 384, "poolin": "mean"}')
+    return {
+        "bad-missing": ("58P01", "model.onnx"),
+        "bad-corrupt": ("F0000", "model.onnx"),
+        "bad-shape": ("F0000", "model.onnx"),
+        "bad-vocab": ("F0000", "tokenizer.json"),
+        "bad-manifest": ("F0000", "akidb.json"),
+    }
+
+
+def test_each_bad_model_is_an_error_naming_model_and_file(conn, model_dir):
+    cases = broken_models(model_dir)
+    for name, (sqlstate, file) in cases.items():
+        code, msg = error_of(conn, "SELECT embed('x', %s)", (name,))
+        assert code == sqlstate and f'"{name}"' in msg and file in msg, (name, code, msg)
+        # Same backend: other models keep working.
+        assert conn.execute(f"SELECT vector_dims(embed('x', '{MINILM}'))").fetchone()[0] == 384
+    listed = dict(conn.execute("SELECT name, error FROM akidb.models").fetchall())
+    assert "unknown field `poolin`" in listed["bad-manifest"]
+    assert listed[MINILM] is None
+
+
+LONG = "The service manual says to torque the wheel nuts in a star pattern, twice. " * 12
+
+
+def test_statement_timeout_stops_a_long_embed(conn):
+    conn.execute(f"SELECT akidb_load_model('{MINILM}')")
+    conn.execute("SET statement_timeout = '300ms'")
+    t0 = time.monotonic()
+    code, msg = error_of(conn, "SELECT embed(array_fill(%s::text, ARRAY[4000]))", (LONG,))
+    took = time.monotonic() - t0
+    conn.execute("RESET statement_timeout")
+    assert code == "57014" and "statement timeout" in msg
+    assert took < 0.3 + 0.7, f"stopped after {took:.2f} s"
+    assert conn.execute("SELECT vector_dims(embed('after the timeout'))").fetchone()[0] == 384
+
+
+def test_pg_cancel_backend_stops_a_long_embed(conn):
+    conn.execute(f"SELECT akidb_load_model('{MINILM}')")
+    pid = conn.info.backend_pid
+    stamps = {}
+
+    def cancel():
+        time.sleep(0.5)
+        with connect() as other:
+            stamps["sent"] = time.monotonic()
+            other.execute("SELECT pg_cancel_backend(%s)", (pid,))
+
+    th = threading.Thread(target=cancel)
+    th.start()
+    code, msg = error_of(conn, "SELECT embed(array_fill(%s::text, ARRAY[4000]))", (LONG,))
+    stopped = time.monotonic()
+    th.join()
+    assert code == "57014" and "canceling statement due to user request" in msg
+    assert stopped - stamps["sent"] < 0.7, f"{stopped - stamps['sent']:.2f} s after the cancel"
+    assert conn.execute("SELECT vector_dims(embed('after the cancel'))").fetchone()[0] == 384
+
+
+def test_twenty_backends_embed_and_disconnect_without_a_crash(model_dir):
+    before = len(server_log())
+    errors = []
+
+    def backend(i):
+        try:
+            with connect() as c:
+                set_model_path(c, model_dir)
+                c.execute("SET akidb.execution_providers = 'cpu'")
+                v = c.execute("SELECT vector_dims(embed(%s)), vector_dims((embed(%s::text[]))[1])",
+                              (f"backend {i}", [f"text {i}", "x"])).fetchone()
+                assert v == (384, 384)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    for wave in range(4):
+        threads = [threading.Thread(target=backend, args=(wave * 5 + i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    time.sleep(0.5)
+    log = server_log()[before:]
+    for bad in ("terminated by signal", "was terminated", "PANIC", "server process", "core dumped", "TRAP"):
+        assert bad not in log, log[-3000:]
+    with connect() as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
