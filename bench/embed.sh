@@ -11,6 +11,7 @@ py="$(ensure_venv)"
 "$py" -c "import tokenizers, matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "tokenizers==0.22.2" "matplotlib==3.10.8"
 start_cluster 15 bench-embed 55460
 trap stop_cluster EXIT
+"$PGBIN/psql" -X -q -d postgres -c "CREATE EXTENSION akidb"
 mkdir -p "$AKIDB_ROOT/bench/results"
 "$py" "$AKIDB_ROOT/bench/embed/bench_embed.py" --model-dir "$AKIDB_ROOT/models/$DEFAULT_MODEL" \
     --docs "$AKIDB_ROOT/bench/data/debian_docs.jsonl" --threads "${THREADS:-2}" \

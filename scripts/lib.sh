@@ -232,3 +232,9 @@ run_pytest() { # dir [pytest args...]
     echo "$passed passed, $failed failed"
     return "$rc"
 }
+
+# Test fixtures kept compressed in git (the Qwen3 tokenizer is 6 MB of JSON).
+ensure_test_fixtures() {
+    local gz="$AKIDB_ROOT/tests/embed/fixtures/qwen3-tiny/tokenizer.json.gz"
+    [ -f "${gz%.gz}" ] && [ "${gz%.gz}" -nt "$gz" ] || gunzip -kf "$gz"
+}

@@ -2,8 +2,9 @@
 # make test: every test tier, from a fresh machine.
 #   PG            versions that get every tier (default "15 18")
 #   PG_BUILD_ONLY versions that are only built (default "16 17" when PG is the default)
-# Tiers: core unit tests (cargo test), #[pg_test] in a real server (cargo pgrx test),
-# SQL regression (pg_regress), pgvector compatibility (PG 18 with pgvector 0.8.6).
+# Tiers: core and embedding-engine unit tests (cargo test), #[pg_test] in a real server
+# (cargo pgrx test), SQL regression (pg_regress), system tests that drive a real server
+# from outside (pytest), pgvector compatibility (PG 18 with pgvector 0.8.6).
 # Prints one "N passed, N failed" line at the end; exits non-zero on any failure.
 source "$(dirname "$0")/lib.sh"
 PG="${PG:-15 18}"
@@ -50,11 +51,18 @@ pg_test() { # version
     cargo pgrx test "pg$1" --runas postgres --pgdata "$dir"
 }
 
+# What the embedding tests need: ONNX Runtime, the default model, unpacked fixtures.
+ensure_onnxruntime >/dev/null
+ensure_default_model
+ensure_test_fixtures
+
 cd "$AKIDB_ROOT"
 tier "core unit tests (cargo test)" cargo test -p akidb-core
+tier "embedding engine (cargo test)" env AKIDB_ORT_LIBRARY="$(ensure_onnxruntime)" cargo test -p akidb-embed
 for v in $PG; do
     tier "pg_test, PostgreSQL $v" pg_test "$v"
     tier "SQL regression, PostgreSQL $v" bash scripts/regress.sh "$v"
+    tier "system tests, PostgreSQL $v" bash scripts/system.sh "$v"
 done
 [[ " $PG " == *" 18 "* ]] && tier "pgvector 0.8.6 compatibility, PG 18" bash scripts/compat.sh
 for v in $PG_BUILD_ONLY; do

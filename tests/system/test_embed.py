@@ -237,3 +237,22 @@ def test_twenty_backends_embed_and_disconnect_without_a_crash(model_dir):
         assert bad not in log, log[-3000:]
     with connect() as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_qwen3_recipe_matches_pytorch_through_sql(conn, model_dir):
+    """Left padding, last-token pooling, query instruction and Matryoshka dims, in SQL."""
+    fx = os.path.join(REPO, "tests/embed/fixtures/qwen3-tiny")
+    add_model(model_dir, "qwen3-tiny", open(os.path.join(fx, "akidb.json")).read(),
+              {"model.onnx": os.path.join(fx, "model.onnx"), "tokenizer.json": os.path.join(fx, "tokenizer.json")})
+    r = json.load(open(os.path.join(fx, "reference.json"), encoding="utf-8"))
+    for text, kind, ref in zip(r["texts"], r["kinds"], r["embeddings"]):
+        fn = "embed_query" if kind == "query" else "embed"
+        v = vec(conn, f"SELECT {fn}(%s, 'qwen3-tiny')::text", (text,))
+        assert np.abs(v - np.array(ref)).max() < 1e-5, (kind, text[:30])
+    docs = [t for t, k in zip(r["texts"], r["kinds"]) if k == "document"]
+    refs = [e for e, k in zip(r["embeddings"], r["kinds"]) if k == "document"]
+    rows = conn.execute("SELECT v::text FROM unnest(embed(%s::text[], 'qwen3-tiny', 6)) WITH ORDINALITY u(v, i) ORDER BY i",
+                        (docs,)).fetchall()
+    for (v,), ref in zip(rows, refs):
+        want = np.array(ref[:6]) / np.linalg.norm(ref[:6])
+        assert np.abs(np.array(parse_vector(v)) - want).max() < 1e-5

@@ -12,7 +12,7 @@ use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor, ValueType};
 
 use crate::error::{EmbedError, Result};
-use crate::threads::{run_interruptible, with_signals_blocked, Interrupt};
+use crate::threads::{run_watched, with_signals_blocked, Interrupt};
 use crate::tokenize::Batch;
 
 /// An execution provider akidb can ask ONNX Runtime for.
@@ -266,7 +266,8 @@ impl OnnxSession {
         }
         let options = RunOptions::new().map_err(|e| self.failed(e.to_string()))?;
         let (session, output) = (&mut self.session, self.output.as_str());
-        let result = run_interruptible(
+        // Inference stays on this thread; the watchdog terminates it on a cancel.
+        let result = run_watched(
             interrupt,
             || -> std::result::Result<(Vec<f32>, Vec<usize>), String> {
                 let outputs = session.run_with_options(values, &options).map_err(|e| e.to_string())?;
@@ -274,7 +275,7 @@ impl OnnxSession {
                 let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
                 Ok((data.to_vec(), shape.iter().map(|&d| d as usize).collect()))
             },
-            || {
+            &|| {
                 let _ = options.terminate();
             },
         )?;

@@ -8,6 +8,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::error::{EmbedError, Result};
@@ -16,7 +17,7 @@ use crate::error::{EmbedError, Result};
 const POLL: Duration = Duration::from_millis(5);
 
 /// Asked on the calling thread while work runs elsewhere: should the work stop now?
-pub trait Interrupt {
+pub trait Interrupt: Sync {
     fn pending(&self) -> bool;
 }
 
@@ -71,30 +72,101 @@ fn wait<T>(rx: &Receiver<Outcome<T>>, interrupt: &dyn Interrupt, stop: &dyn Fn()
     }
 }
 
-/// Runs `work` on a helper thread (signals blocked) while this thread waits; when
-/// `interrupt` becomes pending, calls `stop` (which must make `work` return soon), waits
-/// for `work` to finish and returns [`EmbedError::Cancelled`].
-pub fn run_interruptible<T: Send>(
-    interrupt: &dyn Interrupt,
-    work: impl FnOnce() -> T + Send,
-    stop: impl Fn(),
-) -> Result<T> {
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel(1);
+/// A run the watchdog looks after: lifetime-erased borrows from `run_watched`'s frame.
+struct Armed {
+    interrupt: *const (dyn Interrupt + 'static),
+    stop: *const (dyn Fn() + Sync + 'static),
+    fired: bool,
+}
+
+// SAFETY: the pointers are only dereferenced under WATCHDOG's lock while `run_watched`'s
+// frame (which owns the pointees, both Sync) is alive; see `run_watched`.
+unsafe impl Send for Armed {}
+
+/// Runs being looked after, by id (one per calling thread at a time; a backend has one).
+struct Watchdog {
+    armed: Mutex<Vec<(u64, Armed)>>,
+    next_id: std::sync::atomic::AtomicU64,
+    wake: Condvar,
+}
+
+static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+
+fn watchdog() -> &'static Watchdog {
+    WATCHDOG.get_or_init(|| {
         with_signals_blocked(|| {
             std::thread::Builder::new()
-                .name("akidb-embed".into())
-                .spawn_scoped(scope, move || {
-                    let _ = tx.send(catch_unwind(AssertUnwindSafe(work)));
+                .name("akidb-watchdog".into())
+                .spawn(|| {
+                    let w = WATCHDOG.wait();
+                    let mut armed = w.armed.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        let mut watching = false;
+                        for (_, a) in armed.iter_mut().filter(|(_, a)| !a.fired) {
+                            watching = true;
+                            // SAFETY: armed, so run_watched's frame is alive and holds the
+                            // pointees until it takes this lock to disarm.
+                            if unsafe { (*a.interrupt).pending() } {
+                                unsafe { (*a.stop)() };
+                                a.fired = true;
+                            }
+                        }
+                        armed = if watching {
+                            w.wake.wait_timeout(armed, POLL).unwrap_or_else(|e| e.into_inner()).0
+                        } else {
+                            w.wake.wait(armed).unwrap_or_else(|e| e.into_inner())
+                        };
+                    }
                 })
-        })
-        .map_err(|e| EmbedError::Inference { model: String::new(), detail: format!("cannot start a thread: {e}") })?;
-        // On cancel the scope joins the worker, which `stop` has told to finish.
-        wait(&rx, interrupt, &stop)
+                .expect("cannot start the akidb watchdog thread")
+        });
+        Watchdog { armed: Mutex::new(Vec::new()), next_id: 0.into(), wake: Condvar::new() }
     })
 }
 
-/// Like [`run_interruptible`] for work that cannot be stopped early (a blocking HTTP
+/// Runs `work` on this thread while the watchdog polls `interrupt`; when it becomes
+/// pending the watchdog calls `stop` (which must make `work` return soon) and this
+/// returns [`EmbedError::Cancelled`] once `work` has returned.
+pub fn run_watched<T>(interrupt: &dyn Interrupt, work: impl FnOnce() -> T, stop: &(dyn Fn() + Sync)) -> Result<T> {
+    let w = watchdog();
+    struct Disarm<'a>(&'a Watchdog, u64);
+    impl Disarm<'_> {
+        /// Disarms; true when the watchdog had fired.
+        fn take(&self) -> bool {
+            let mut armed = self.0.armed.lock().unwrap_or_else(|e| e.into_inner());
+            match armed.iter().position(|(id, _)| *id == self.1) {
+                Some(i) => armed.swap_remove(i).1.fired,
+                None => false,
+            }
+        }
+    }
+    impl Drop for Disarm<'_> {
+        fn drop(&mut self) {
+            self.take();
+        }
+    }
+    let id = w.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    {
+        let mut armed = w.armed.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased borrows live in this frame; the Disarm guard below removes
+        // them under the lock before this frame ends (also when `work` panics), and the
+        // watchdog only dereferences them under the same lock.
+        armed.push((id, Armed {
+            interrupt: unsafe { std::mem::transmute::<&dyn Interrupt, &'static dyn Interrupt>(interrupt) },
+            stop: unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(stop) },
+            fired: false,
+        }));
+        w.wake.notify_one();
+    }
+    let guard = Disarm(w, id);
+    let value = work();
+    if guard.take() {
+        return Err(EmbedError::Cancelled);
+    }
+    Ok(value)
+}
+
+/// Runs `work` on a helper thread, for work that cannot be stopped early (a blocking HTTP
 /// call): on cancel this returns at once and the thread finishes on its own (bounded by
 /// the work's own timeout), its result dropped.
 pub fn run_detached<T: Send + 'static>(
@@ -137,28 +209,28 @@ mod tests {
     fn helper_threads_block_every_signal_and_the_caller_keeps_its_mask() {
         let before = mask_of_this_thread();
         // SAFETY: sigismember reads the local sets.
-        let blocked = run_interruptible(&NoInterrupt, || {
+        let blocked = run_detached(&NoInterrupt, || {
             let m = mask_of_this_thread();
             [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGALRM, libc::SIGQUIT]
                 .iter()
                 .all(|&s| unsafe { libc::sigismember(&m, s) } == 1)
-        }, || {})
+        })
         .unwrap();
         assert!(blocked);
         let after = mask_of_this_thread();
         assert_eq!(unsafe { libc::sigismember(&after, libc::SIGINT) }, unsafe { libc::sigismember(&before, libc::SIGINT) });
-        assert_eq!(run_detached(&NoInterrupt, || 7).unwrap(), 7);
+        assert_eq!(run_watched(&NoInterrupt, || 7, &|| {}).unwrap(), 7);
     }
 
     #[test]
     fn cancel_stops_the_work_promptly() {
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();
-        let r = run_interruptible(&After(t0, Duration::from_millis(50)), || {
+        let r = run_watched(&After(t0, Duration::from_millis(50)), || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
-        }, || stop.store(true, Ordering::Relaxed));
+        }, &|| stop.store(true, Ordering::Relaxed));
         assert_eq!(r, Err(EmbedError::Cancelled));
         assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
 
@@ -170,7 +242,11 @@ mod tests {
 
     #[test]
     fn a_panic_in_the_worker_reaches_the_caller() {
-        let r = std::panic::catch_unwind(|| run_interruptible(&NoInterrupt, || panic!("boom"), || {}));
+        let r = std::panic::catch_unwind(|| run_detached(&NoInterrupt, || panic!("boom")));
         assert!(r.is_err());
+        // A panic inside a watched run disarms the watchdog; the next run is fine.
+        let r = std::panic::catch_unwind(|| run_watched(&NoInterrupt, || panic!("boom"), &|| {}));
+        assert!(r.is_err());
+        assert_eq!(run_watched(&NoInterrupt, || 1, &|| {}).unwrap(), 1);
     }
 }
