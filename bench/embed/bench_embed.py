@@ -93,7 +93,7 @@ def main():
     docs = [json.loads(l)["body"] for l in open(args.docs, encoding="utf-8")][:args.n_docs]
     raw = Raw(args.model_dir, args.threads)
     result = {"model": "all-MiniLM-L6-v2 (fp32 ONNX)", "threads": args.threads, "machine": args.machine,
-              "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+              "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
               "onnxruntime": ort.__version__, "n_docs": len(docs), "query": QUERY}
 
     # ---- raw ONNX Runtime

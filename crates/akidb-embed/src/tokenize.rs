@@ -23,8 +23,13 @@ impl TextEncoder {
             return Err(EmbedError::MissingFile { model: model.into(), file: name, detail: e.to_string() });
         }
         let invalid = |detail: String| EmbedError::InvalidModel { model: model.into(), file: name.clone(), detail };
-        // Parallel tokenisation would start rayon's pool; the texts are few per call.
+        // Parallel tokenisation would start rayon's global pool, whose threads would take
+        // PostgreSQL's signals: turn it off, and should anything still reach for the global
+        // pool, it is built here, once, one thread, with signals blocked.
         tokenizers::utils::parallelism::set_parallelism(false);
+        crate::threads::with_signals_blocked(|| {
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(|_| "akidb-rayon".into()).build_global();
+        });
         let mut tokenizer = Tokenizer::from_file(file).map_err(|e| invalid(e.to_string()))?;
         let pad_id = pad_override
             .or_else(|| tokenizer.get_padding().map(|p| p.pad_id))
