@@ -1,0 +1,130 @@
+//! HNSW (Malkov & Yashunin), PostgreSQL-free: the search over any graph store
+//! ([`search`]), the parallel in-memory builder ([`build`]) and the on-disk tuple format
+//! ([`format`]). The index access method in the extension reads and writes pages and
+//! calls into this.
+
+pub mod build;
+pub mod format;
+pub mod search;
+
+use crate::distance::kernels;
+
+/// Largest level a node may get (levels 0..=MAX_LEVEL).
+pub const MAX_LEVEL: u8 = 15;
+
+/// The distance an index orders by. L2 uses the squared distance internally (same order,
+/// one square root fewer); cosine works on normalised vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    L2,
+    InnerProduct,
+    Cosine,
+    L1,
+}
+
+impl Metric {
+    pub fn code(self) -> u8 {
+        match self {
+            Metric::L2 => 1,
+            Metric::InnerProduct => 2,
+            Metric::Cosine => 3,
+            Metric::L1 => 4,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Metric> {
+        Some(match c {
+            1 => Metric::L2,
+            2 => Metric::InnerProduct,
+            3 => Metric::Cosine,
+            4 => Metric::L1,
+            _ => return None,
+        })
+    }
+
+    /// The internal distance between `a` and `b` (both already prepared with [`Metric::prepare`]).
+    #[inline]
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        let k = kernels();
+        match self {
+            Metric::L2 => (k.l2_squared)(a, b),
+            Metric::InnerProduct => -(k.dot)(a, b),
+            Metric::Cosine => 1.0 - (k.dot)(a, b),
+            Metric::L1 => (k.l1)(a, b),
+        }
+    }
+
+    /// Turns a vector into what the index stores and compares: unit length for cosine.
+    /// Returns false for a vector the index must not hold (zero vector under cosine).
+    pub fn prepare(self, v: &mut [f32]) -> bool {
+        if self != Metric::Cosine {
+            return true;
+        }
+        let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            return false;
+        }
+        v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+        true
+    }
+}
+
+/// Build parameters (WITH (m = ..., ef_construction = ...)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// Neighbours per node on levels above 0 (2m on level 0).
+    pub m: usize,
+    pub ef_construction: usize,
+}
+
+impl Params {
+    pub fn max_neighbors(&self, level: u8) -> usize {
+        if level == 0 {
+            2 * self.m
+        } else {
+            self.m
+        }
+    }
+}
+
+/// A node's level from a uniform random u64: floor(-ln(U) / ln(m)), capped.
+pub fn level_from_random(random: u64, m: usize) -> u8 {
+    let u = ((random >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let ml = 1.0 / (m.max(2) as f64).ln();
+    ((-u.ln() * ml).floor() as u64).min(MAX_LEVEL as u64) as u8
+}
+
+/// SplitMix64: a good, seedable mix for level draws.
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_the_geometric_law() {
+        let n = 200_000u64;
+        let mut counts = [0usize; 16];
+        for i in 0..n {
+            counts[level_from_random(splitmix64(i), 16) as usize] += 1;
+        }
+        // P(level >= 1) = 1/16 for m = 16.
+        let above = n as usize - counts[0];
+        assert!((above as f64 / n as f64 - 1.0 / 16.0).abs() < 0.005, "{counts:?}");
+    }
+
+    #[test]
+    fn cosine_prepare_rejects_zero_vectors() {
+        let mut z = [0.0f32; 4];
+        assert!(!Metric::Cosine.prepare(&mut z));
+        let mut v = [3.0f32, 4.0];
+        assert!(Metric::Cosine.prepare(&mut v));
+        assert!((v[0] - 0.6).abs() < 1e-7);
+        assert!(Metric::L2.prepare(&mut z));
+    }
+}
