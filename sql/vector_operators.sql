@@ -55,3 +55,22 @@ CREATE AGGREGATE sum(vector) (
     COMBINEFUNC = vector_add,
     PARALLEL = SAFE
 );
+
+-- akidb_hnsw: the HNSW index access method (src/index/) and its operator classes.
+CREATE FUNCTION akidb_hnsw_handler(internal) RETURNS index_am_handler
+    AS 'MODULE_PATHNAME', 'akidb_hnsw_handler' LANGUAGE C;
+CREATE ACCESS METHOD akidb_hnsw TYPE INDEX HANDLER akidb_hnsw_handler;
+COMMENT ON ACCESS METHOD akidb_hnsw IS 'HNSW graph index for vector similarity search (WAL-logged)';
+
+CREATE OPERATOR CLASS vector_l2_ops FOR TYPE vector USING akidb_hnsw AS
+    OPERATOR 1 <-> (vector, vector) FOR ORDER BY float_ops,
+    FUNCTION 1 l2_distance(vector, vector);
+CREATE OPERATOR CLASS vector_ip_ops FOR TYPE vector USING akidb_hnsw AS
+    OPERATOR 1 <#> (vector, vector) FOR ORDER BY float_ops,
+    FUNCTION 1 vector_negative_inner_product(vector, vector);
+CREATE OPERATOR CLASS vector_cosine_ops FOR TYPE vector USING akidb_hnsw AS
+    OPERATOR 1 <=> (vector, vector) FOR ORDER BY float_ops,
+    FUNCTION 1 cosine_distance(vector, vector);
+CREATE OPERATOR CLASS vector_l1_ops FOR TYPE vector USING akidb_hnsw AS
+    OPERATOR 1 <+> (vector, vector) FOR ORDER BY float_ops,
+    FUNCTION 1 l1_distance(vector, vector);

@@ -4,12 +4,14 @@
 //! back. Layout:
 //! * [`types`] — the `vector` type: on-disk/wire layout, I/O, operators, casts, aggregates.
 //! * [`embed`] — `embed()`, `embed_query()`, the per-backend model cache, akidb.models.
+//! * [`index`] — the `akidb_hnsw` index access method.
 //! * [`settings`] — every GUC, in one place.
 //! * [`error`] — the one place where core errors become SQLSTATEs.
 
 use pgrx::prelude::*;
 
 pub mod embed;
+pub mod index;
 pub mod error;
 pub mod settings;
 pub mod types;
@@ -21,6 +23,7 @@ pub mod types;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    index::init();
 }
 
 /// The SIMD kernel set this backend uses for distances: `avx512`, `avx2`, `neon` or `scalar`.

@@ -163,6 +163,56 @@ pub fn init() {
             None,
             Some(show_masked),
         );
-        pg_sys::MarkGUCPrefixReserved(c"akidb".as_ptr());
     }
+    init_hnsw();
+    // SAFETY: after every akidb.* setting is defined.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"akidb".as_ptr()) };
+}
+
+/// `akidb.hnsw_iterative_scan`: what a scan does when its candidate list runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum IterativeScan {
+    Off,
+    RelaxedOrder,
+    StrictOrder,
+}
+
+pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
+pub static HNSW_MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+pub static HNSW_ITERATIVE_SCAN: GucSetting<IterativeScan> = GucSetting::<IterativeScan>::new(IterativeScan::Off);
+
+pub fn hnsw_iterative_scan() -> IterativeScan {
+    HNSW_ITERATIVE_SCAN.get()
+}
+
+/// The index settings; called from `init`.
+fn init_hnsw() {
+    GucRegistry::define_int_guc(
+        c"akidb.hnsw_ef_search",
+        c"Candidate list size of an akidb_hnsw scan (more: better recall, slower).",
+        c"",
+        &HNSW_EF_SEARCH,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"akidb.hnsw_iterative_scan",
+        c"Keep searching when a filtered akidb_hnsw scan runs out of candidates: off, relaxed_order or strict_order.",
+        c"",
+        &HNSW_ITERATIVE_SCAN,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.hnsw_max_scan_tuples",
+        c"Most rows an iterative akidb_hnsw scan looks at.",
+        c"",
+        &HNSW_MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
 }

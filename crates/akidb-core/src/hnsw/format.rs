@@ -1,1 +1,452 @@
-//! placeholder
+//! The on-disk format of an `akidb_hnsw` index, in one place. Version 1.
+//!
+//! Block 0 is the metapage; every other block holds element, vector-chunk and neighbour
+//! tuples (PostgreSQL pages: header, line pointers, tuples, an 8-byte special space).
+//!
+//! ```text
+//! metapage contents  Meta: magic, version, dims, m, ef_construction, metric, entry point
+//!                    (tid + level), insert hint (last block with room), element count
+//! special space      PageOpaque: page magic 0xAK1D, page kind (meta / graph)
+//! element tuple      kind=1 | level | deleted | pad | heap tid (8) | neighbours tid (8) |
+//!                    next chunk tid (8) | inline count u16 | dims u16 | inline f32s
+//! chunk tuple        kind=3 | pad(3) | next chunk tid (8) | count u16 | pad(2) | f32s
+//! neighbour tuple    kind=2 | level | pad(2) | slots: level 0 has 2m, each level above m,
+//!                    6 bytes each (block u32, offset u16); empty slots are INVALID
+//! ```
+//!
+//! A tid is stored as block u32 + offset u16 (+ 2 pad bytes in element and chunk tuples).
+//! Vectors too long for one tuple (more than [`MAX_INLINE`] dims) continue in chunk
+//! tuples, so 16,000-dimension vectors are indexable. All integers are little-endian.
+
+use super::Metric;
+
+pub const MAGIC: u32 = 0x414B_4831; // "AKH1"
+pub const VERSION: u32 = 1;
+pub const META_BLOCK: u32 = 0;
+pub const PAGE_MAGIC: u16 = 0xA41D;
+pub const PAGE_META: u16 = 1;
+pub const PAGE_GRAPH: u16 = 2;
+
+pub const BLOCK_SIZE: usize = 8192;
+const PAGE_HEADER: usize = 24;
+pub const SPECIAL_SIZE: usize = 8;
+const LINE_POINTER: usize = 4;
+/// Room for tuples on an empty graph page.
+pub const PAGE_ROOM: usize = BLOCK_SIZE - PAGE_HEADER - SPECIAL_SIZE;
+/// Largest tuple akidb writes (leaves room for the line pointer, rounded down).
+pub const MAX_TUPLE: usize = 8000;
+
+const ELEMENT_HEADER: usize = 32;
+const CHUNK_HEADER: usize = 16;
+/// Most dims an element tuple holds itself; the rest go to chunk tuples.
+pub const MAX_INLINE: usize = (MAX_TUPLE - ELEMENT_HEADER) / 4;
+pub const MAX_CHUNK: usize = (MAX_TUPLE - CHUNK_HEADER) / 4;
+
+pub const KIND_ELEMENT: u8 = 1;
+pub const KIND_NEIGHBORS: u8 = 2;
+pub const KIND_CHUNK: u8 = 3;
+
+/// An item pointer: block and 1-based line pointer offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tid {
+    pub block: u32,
+    pub offset: u16,
+}
+
+impl Tid {
+    pub const INVALID: Tid = Tid { block: u32::MAX, offset: 0 };
+    pub fn is_valid(self) -> bool {
+        self.block != u32::MAX && self.offset != 0
+    }
+    /// As a graph node id for [`super::search`].
+    pub fn node(self) -> u64 {
+        ((self.block as u64) << 16) | self.offset as u64
+    }
+    pub fn from_node(n: u64) -> Tid {
+        Tid { block: (n >> 16) as u32, offset: (n & 0xffff) as u16 }
+    }
+    fn put(self, b: &mut [u8]) {
+        b[0..4].copy_from_slice(&self.block.to_le_bytes());
+        b[4..6].copy_from_slice(&self.offset.to_le_bytes());
+    }
+    fn get(b: &[u8]) -> Tid {
+        Tid { block: u32::from_le_bytes(b[0..4].try_into().unwrap()), offset: u16::from_le_bytes([b[4], b[5]]) }
+    }
+}
+
+/// The metapage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Meta {
+    pub dims: u32,
+    pub m: u16,
+    pub ef_construction: u16,
+    pub metric: Metric,
+    pub entry: Tid,
+    pub entry_level: u8,
+    /// Where inserts look for room first.
+    pub insert_block: u32,
+}
+
+pub const META_SIZE: usize = 40;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FormatError {
+    BadMagic(u32),
+    UnsupportedVersion(u32),
+    BadMetric(u8),
+    Truncated(&'static str),
+    BadKind { expected: u8, found: u8 },
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FormatError::BadMagic(m) => write!(f, "metapage magic is {m:#x}, not an akidb_hnsw index"),
+            FormatError::UnsupportedVersion(v) => {
+                write!(f, "index format version {v}; this akidb reads version {VERSION}: REINDEX it")
+            }
+            FormatError::BadMetric(c) => write!(f, "unknown metric code {c}"),
+            FormatError::Truncated(what) => write!(f, "{what} tuple is truncated"),
+            FormatError::BadKind { expected, found } => write!(f, "tuple kind {found}, expected {expected}"),
+        }
+    }
+}
+
+impl Meta {
+    pub fn encode(&self) -> [u8; META_SIZE] {
+        let mut b = [0u8; META_SIZE];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.dims.to_le_bytes());
+        b[12..14].copy_from_slice(&self.m.to_le_bytes());
+        b[14..16].copy_from_slice(&self.ef_construction.to_le_bytes());
+        b[16] = self.metric.code();
+        b[17] = self.entry_level;
+        self.entry.put(&mut b[20..26]);
+        b[28..32].copy_from_slice(&self.insert_block.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Meta, FormatError> {
+        if b.len() < META_SIZE {
+            return Err(FormatError::Truncated("meta"));
+        }
+        let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
+        if magic != MAGIC {
+            return Err(FormatError::BadMagic(magic));
+        }
+        let version = u32::from_le_bytes(b[4..8].try_into().unwrap());
+        if version != VERSION {
+            return Err(FormatError::UnsupportedVersion(version));
+        }
+        Ok(Meta {
+            dims: u32::from_le_bytes(b[8..12].try_into().unwrap()),
+            m: u16::from_le_bytes([b[12], b[13]]),
+            ef_construction: u16::from_le_bytes([b[14], b[15]]),
+            metric: Metric::from_code(b[16]).ok_or(FormatError::BadMetric(b[16]))?,
+            entry_level: b[17],
+            entry: Tid::get(&b[20..26]),
+            insert_block: u32::from_le_bytes(b[28..32].try_into().unwrap()),
+        })
+    }
+}
+
+/// The special space of every page.
+pub fn encode_opaque(kind: u16) -> [u8; SPECIAL_SIZE] {
+    let mut b = [0u8; SPECIAL_SIZE];
+    b[0..2].copy_from_slice(&PAGE_MAGIC.to_le_bytes());
+    b[2..4].copy_from_slice(&kind.to_le_bytes());
+    b
+}
+
+pub fn decode_opaque(b: &[u8]) -> Option<u16> {
+    (b.len() >= 4 && u16::from_le_bytes([b[0], b[1]]) == PAGE_MAGIC).then(|| u16::from_le_bytes([b[2], b[3]]))
+}
+
+/// An element: one indexed heap row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Element {
+    pub level: u8,
+    pub deleted: bool,
+    pub heap_tid: Tid,
+    pub neighbors: Tid,
+    pub next_chunk: Tid,
+    pub dims: u16,
+    /// The first `min(dims, MAX_INLINE)` values.
+    pub inline: Vec<f32>,
+}
+
+pub fn element_size(dims: usize) -> usize {
+    ELEMENT_HEADER + 4 * dims.min(MAX_INLINE)
+}
+
+/// Sizes of the chunk tuples a vector of `dims` needs after its element tuple.
+pub fn chunk_sizes(dims: usize) -> Vec<usize> {
+    let mut rest = dims.saturating_sub(MAX_INLINE);
+    let mut out = Vec::new();
+    while rest > 0 {
+        let n = rest.min(MAX_CHUNK);
+        out.push(CHUNK_HEADER + 4 * n);
+        rest -= n;
+    }
+    out
+}
+
+pub fn neighbors_size(level: u8, m: usize) -> usize {
+    4 + 6 * slots(level, m)
+}
+
+fn slots(level: u8, m: usize) -> usize {
+    2 * m + level as usize * m
+}
+
+impl Element {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; ELEMENT_HEADER + 4 * self.inline.len()];
+        b[0] = KIND_ELEMENT;
+        b[1] = self.level;
+        b[2] = self.deleted as u8;
+        self.heap_tid.put(&mut b[4..10]);
+        self.neighbors.put(&mut b[12..18]);
+        self.next_chunk.put(&mut b[20..26]);
+        b[28..30].copy_from_slice(&(self.inline.len() as u16).to_le_bytes());
+        b[30..32].copy_from_slice(&self.dims.to_le_bytes());
+        for (i, v) in self.inline.iter().enumerate() {
+            b[ELEMENT_HEADER + 4 * i..ELEMENT_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes the header only (no vector copy): for VACUUM and the checker.
+    pub fn decode_header(b: &[u8]) -> Result<Element, FormatError> {
+        if b.len() < ELEMENT_HEADER {
+            return Err(FormatError::Truncated("element"));
+        }
+        if b[0] != KIND_ELEMENT {
+            return Err(FormatError::BadKind { expected: KIND_ELEMENT, found: b[0] });
+        }
+        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
+        if b.len() < ELEMENT_HEADER + 4 * inline {
+            return Err(FormatError::Truncated("element"));
+        }
+        Ok(Element {
+            level: b[1],
+            deleted: b[2] != 0,
+            heap_tid: Tid::get(&b[4..10]),
+            neighbors: Tid::get(&b[12..18]),
+            next_chunk: Tid::get(&b[20..26]),
+            dims: u16::from_le_bytes([b[30], b[31]]),
+            inline: Vec::new(),
+        })
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Element, FormatError> {
+        let mut e = Element::decode_header(b)?;
+        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
+        e.inline = read_f32s(&b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline]);
+        Ok(e)
+    }
+
+    /// Appends the element's inline values to `out` without decoding the rest.
+    pub fn read_inline(b: &[u8], out: &mut Vec<f32>) -> Result<Tid, FormatError> {
+        let e = Element::decode_header(b)?;
+        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
+        out.extend(b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+        Ok(e.next_chunk)
+    }
+}
+
+/// Marks an encoded element deleted, in place.
+pub fn set_deleted(b: &mut [u8]) {
+    b[2] = 1;
+}
+
+fn read_f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+pub fn encode_chunk(values: &[f32], next: Tid) -> Vec<u8> {
+    let mut b = vec![0u8; CHUNK_HEADER + 4 * values.len()];
+    b[0] = KIND_CHUNK;
+    next.put(&mut b[4..10]);
+    b[12..14].copy_from_slice(&(values.len() as u16).to_le_bytes());
+    for (i, v) in values.iter().enumerate() {
+        b[CHUNK_HEADER + 4 * i..CHUNK_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// Appends a chunk's values to `out`; returns the next chunk.
+pub fn read_chunk(b: &[u8], out: &mut Vec<f32>) -> Result<Tid, FormatError> {
+    if b.len() < CHUNK_HEADER || b[0] != KIND_CHUNK {
+        return Err(FormatError::BadKind { expected: KIND_CHUNK, found: b.first().copied().unwrap_or(0) });
+    }
+    let n = u16::from_le_bytes([b[12], b[13]]) as usize;
+    if b.len() < CHUNK_HEADER + 4 * n {
+        return Err(FormatError::Truncated("chunk"));
+    }
+    out.extend(b[CHUNK_HEADER..CHUNK_HEADER + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+    Ok(Tid::get(&b[4..10]))
+}
+
+/// Encodes neighbour lists (`lists[l]` for levels 0..=level), padding with INVALID.
+pub fn encode_neighbors(level: u8, m: usize, lists: &[Vec<Tid>]) -> Vec<u8> {
+    let mut b = vec![0u8; neighbors_size(level, m)];
+    b[0] = KIND_NEIGHBORS;
+    b[1] = level;
+    let mut slot = 0;
+    for l in 0..=level {
+        let cap = if l == 0 { 2 * m } else { m };
+        let list = lists.get(l as usize).map(|v| v.as_slice()).unwrap_or(&[]);
+        for i in 0..cap {
+            list.get(i).copied().unwrap_or(Tid::INVALID).put(&mut b[4 + 6 * slot..4 + 6 * slot + 6]);
+            slot += 1;
+        }
+    }
+    b
+}
+
+/// The valid neighbours on `level` of an encoded neighbour tuple.
+pub fn neighbors_on(b: &[u8], m: usize, level: u8, out: &mut Vec<Tid>) -> Result<(), FormatError> {
+    if b.len() < 4 || b[0] != KIND_NEIGHBORS {
+        return Err(FormatError::BadKind { expected: KIND_NEIGHBORS, found: b.first().copied().unwrap_or(0) });
+    }
+    let own = b[1];
+    if level > own {
+        return Ok(());
+    }
+    if b.len() < neighbors_size(own, m) {
+        return Err(FormatError::Truncated("neighbour"));
+    }
+    let start = if level == 0 { 0 } else { 2 * m + (level as usize - 1) * m };
+    let cap = if level == 0 { 2 * m } else { m };
+    for s in start..start + cap {
+        let t = Tid::get(&b[4 + 6 * s..4 + 6 * s + 6]);
+        if t.is_valid() {
+            out.push(t);
+        }
+    }
+    Ok(())
+}
+
+/// The level stored in an encoded neighbour tuple.
+pub fn neighbors_level(b: &[u8]) -> Option<u8> {
+    (b.len() >= 4 && b[0] == KIND_NEIGHBORS).then(|| b[1])
+}
+
+/// Simulates PostgreSQL filling pages with tuples, so a bulk writer knows every tuple's
+/// item pointer before writing any (neighbour lists point forward and back).
+#[derive(Debug, Clone)]
+pub struct PagePlanner {
+    pub block: u32,
+    used: usize,
+    next_offset: u16,
+}
+
+fn maxalign(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+impl PagePlanner {
+    /// Starts planning at `block` (an empty page).
+    pub fn new(block: u32) -> Self {
+        PagePlanner { block, used: 0, next_offset: 1 }
+    }
+
+    /// True if tuples of these sizes all fit on the current page.
+    pub fn fits(&self, sizes: &[usize]) -> bool {
+        self.used + sizes.iter().map(|&s| maxalign(s) + LINE_POINTER).sum::<usize>() <= PAGE_ROOM
+    }
+
+    /// Moves to a fresh page.
+    pub fn next_page(&mut self) {
+        self.block += 1;
+        self.used = 0;
+        self.next_offset = 1;
+    }
+
+    /// Places one tuple, on a fresh page if the current one is full.
+    pub fn place(&mut self, size: usize) -> Tid {
+        if !self.fits(&[size]) {
+            self.next_page();
+        }
+        let t = Tid { block: self.block, offset: self.next_offset };
+        self.used += maxalign(size) + LINE_POINTER;
+        self.next_offset += 1;
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let meta = Meta {
+            dims: 784,
+            m: 16,
+            ef_construction: 64,
+            metric: Metric::Cosine,
+            entry: Tid { block: 7, offset: 3 },
+            entry_level: 4,
+            insert_block: 99,
+        };
+        assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+        let mut bad = meta.encode();
+        bad[4] = 9;
+        assert_eq!(Meta::decode(&bad), Err(FormatError::UnsupportedVersion(9)));
+
+        let e = Element {
+            level: 2,
+            deleted: false,
+            heap_tid: Tid { block: 1, offset: 2 },
+            neighbors: Tid { block: 3, offset: 4 },
+            next_chunk: Tid::INVALID,
+            dims: 3,
+            inline: vec![1.5, -2.0, 3.25],
+        };
+        let mut b = e.encode();
+        assert_eq!(b.len(), element_size(3));
+        assert_eq!(Element::decode(&b).unwrap(), e);
+        set_deleted(&mut b);
+        assert!(Element::decode_header(&b).unwrap().deleted);
+
+        let lists = vec![vec![Tid { block: 1, offset: 1 }], vec![], vec![Tid { block: 9, offset: 2 }, Tid { block: 9, offset: 3 }]];
+        let nb = encode_neighbors(2, 4, &lists);
+        assert_eq!(nb.len(), neighbors_size(2, 4));
+        for (l, want) in lists.iter().enumerate() {
+            let mut got = Vec::new();
+            neighbors_on(&nb, 4, l as u8, &mut got).unwrap();
+            assert_eq!(&got, want);
+        }
+        let mut none = Vec::new();
+        neighbors_on(&nb, 4, 5, &mut none).unwrap();
+        assert!(none.is_empty());
+
+        let mut out = Vec::new();
+        let next = read_chunk(&encode_chunk(&[4.0, 5.0], Tid { block: 2, offset: 8 }), &mut out).unwrap();
+        assert_eq!((out, next), (vec![4.0, 5.0], Tid { block: 2, offset: 8 }));
+    }
+
+    #[test]
+    fn long_vectors_split_into_chunks_that_fit() {
+        assert!(chunk_sizes(MAX_INLINE).is_empty());
+        let sizes = chunk_sizes(16_000);
+        let stored: usize = MAX_INLINE + sizes.iter().map(|s| (s - CHUNK_HEADER) / 4).sum::<usize>();
+        assert_eq!(stored, 16_000);
+        assert!(sizes.iter().all(|&s| s <= MAX_TUPLE) && element_size(16_000) <= MAX_TUPLE);
+    }
+
+    #[test]
+    fn planner_matches_page_arithmetic() {
+        let mut p = PagePlanner::new(1);
+        // Two 3,168-byte elements with 196-byte neighbour tuples fit; a third does not.
+        for i in 0..2u16 {
+            assert_eq!(p.place(3168), Tid { block: 1, offset: 2 * i + 1 });
+            assert_eq!(p.place(196), Tid { block: 1, offset: 2 * i + 2 });
+        }
+        assert!(!p.fits(&[3168, 196]));
+        assert_eq!(p.place(3168).block, 2);
+    }
+}

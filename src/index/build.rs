@@ -1,0 +1,333 @@
+//! CREATE INDEX: scan the heap, build the graph in memory on several threads, write it to
+//! pages in one pass and WAL-log them as full page images. Rows that do not fit in
+//! maintenance_work_mem are inserted into the on-disk graph one by one (with a NOTICE).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use akidb_core::hnsw::build::{build as build_graph, Graph};
+use akidb_core::hnsw::format::{self, Element, Meta, PagePlanner, Tid, META_BLOCK, PAGE_GRAPH, PAGE_META};
+use akidb_core::hnsw::{Metric, Params};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::page::{Locked, PageRef};
+use super::{dimensions, insert, metric, params, prepared_vector};
+
+pub const PHASE_LOAD: i64 = 1;
+pub const PHASE_GRAPH: i64 = 2;
+pub const PHASE_WRITE: i64 = 3;
+pub const PHASE_INSERT: i64 = 4;
+
+// pg_stat_progress_create_index columns (commands/progress.h).
+const PROGRESS_SUBPHASE: i32 = 10;
+const PROGRESS_TUPLES_TOTAL: i32 = 11;
+const PROGRESS_TUPLES_DONE: i32 = 12;
+
+fn progress(param: i32, value: i64) {
+    // SAFETY: reports into this backend's progress slot.
+    unsafe { pg_sys::pgstat_progress_update_param(param, value) };
+}
+
+struct State {
+    index: pg_sys::Relation,
+    metric: Metric,
+    dims: usize,
+    params: Params,
+    vectors: Vec<f32>,
+    tids: Vec<Tid>,
+    memory_limit: usize,
+    on_disk: bool,
+    heap_tuples: f64,
+    index_tuples: f64,
+}
+
+impl State {
+    fn per_row_bytes(&self) -> usize {
+        // The vector, its heap tid, and the links (about 2m on level 0, a few more above).
+        self.dims * 4 + 8 + (2 * self.params.m + self.params.m / 2) * 4 + 96
+    }
+}
+
+pub fn item_tid(tid: pg_sys::ItemPointer) -> Tid {
+    // SAFETY: a valid heap item pointer.
+    let (block, offset) = pgrx::itemptr::item_pointer_get_both(unsafe { *tid });
+    Tid { block, offset }
+}
+
+pub fn check_dims(expected: usize, got: usize) {
+    if expected != got {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("expected {expected} dimensions, not {got}")
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn build_callback(
+    _index: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    _alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    // SAFETY: state is the State passed to table_index_build_scan; one indexed column.
+    let st = unsafe { &mut *(state as *mut State) };
+    st.heap_tuples += 1.0;
+    if unsafe { *isnull } {
+        return;
+    }
+    let Some(v) = prepared_vector(unsafe { *values }, st.metric) else { return };
+    check_dims(st.dims, v.len());
+    let heap_tid = item_tid(tid);
+    if !st.on_disk && (st.tids.len() + 1) * st.per_row_bytes() > st.memory_limit {
+        ereport!(
+            NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("akidb_hnsw graph no longer fits into maintenance_work_mem after {} rows", st.tids.len()),
+            "The remaining rows are inserted one by one, which is much slower. Raise maintenance_work_mem to build faster."
+        );
+        flush(st);
+        st.on_disk = true;
+        progress(PROGRESS_SUBPHASE, PHASE_INSERT);
+    }
+    if st.on_disk {
+        insert::insert_vector(st.index, &v, heap_tid, st.metric, st.params);
+    } else {
+        st.vectors.extend_from_slice(&v);
+        st.tids.push(heap_tid);
+        if st.tids.len() % 1024 == 0 {
+            progress(PROGRESS_TUPLES_DONE, st.tids.len() as i64);
+        }
+    }
+    st.index_tuples += 1.0;
+}
+
+fn cancel_pending() -> bool {
+    // SAFETY: reads of sig_atomic_t flags.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
+}
+
+/// Builds the graph of the rows collected so far (threads; this thread reports progress
+/// and watches for cancel), then writes it.
+fn flush(st: &mut State) {
+    let n = st.tids.len();
+    progress(PROGRESS_SUBPHASE, PHASE_GRAPH);
+    progress(PROGRESS_TUPLES_TOTAL, n as i64);
+    progress(PROGRESS_TUPLES_DONE, 0);
+    // SAFETY: a plain GUC read.
+    let workers = unsafe { pg_sys::max_parallel_maintenance_workers }.max(0) as usize + 1;
+    let threads = workers.min(std::thread::available_parallelism().map_or(1, |c| c.get())).max(1);
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (vectors, dims, metric, params) = (&st.vectors, st.dims, st.metric, st.params);
+    let graph = std::thread::scope(|s| {
+        let handle = akidb_core::threads::with_signals_blocked(|| {
+            s.spawn(|| build_graph(vectors, dims, metric, params, threads, 0x5eed_a1d6, &done, &stop))
+        });
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            progress(PROGRESS_TUPLES_DONE, done.load(Ordering::Relaxed) as i64);
+            if cancel_pending() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        handle.join().expect("HNSW build thread panicked")
+    });
+    let Some(graph) = graph else {
+        pgrx::check_for_interrupts!();
+        error!("akidb_hnsw: index build canceled");
+    };
+    progress(PROGRESS_SUBPHASE, PHASE_WRITE);
+    write(st.index, &graph, &st.vectors, &st.tids, st.dims, st.metric, st.params);
+    st.vectors = Vec::new();
+    st.tids = Vec::new();
+}
+
+/// Writes the metapage and the graph, block by block, then logs them as full images.
+fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Tid], dims: usize, metric: Metric, params: Params) {
+    let m = params.m;
+    // Where every tuple goes, before writing any (neighbour lists point both ways).
+    let mut plan = PagePlanner::new(META_BLOCK + 1);
+    let mut element_at = Vec::with_capacity(tids.len());
+    let mut neighbors_at = Vec::with_capacity(tids.len());
+    let mut chunks_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
+    let chunk_sizes = format::chunk_sizes(dims);
+    for i in 0..tids.len() {
+        chunks_at.push(chunk_sizes.iter().map(|&s| plan.place(s)).collect());
+        let (es, ns) = (format::element_size(dims), format::neighbors_size(g.levels[i], m));
+        if !plan.fits(&[es, ns]) {
+            plan.next_page();
+        }
+        element_at.push(plan.place(es));
+        neighbors_at.push(plan.place(ns));
+    }
+    let meta = Meta {
+        dims: dims as u32,
+        m: m as u16,
+        ef_construction: params.ef_construction as u16,
+        metric,
+        entry: g.entry.map_or(Tid::INVALID, |(e, _)| element_at[e as usize]),
+        entry_level: g.entry.map_or(0, |(_, l)| l),
+        insert_block: if tids.is_empty() { META_BLOCK + 1 } else { plan.block },
+    };
+    {
+        let b = Locked::read(index, META_BLOCK, true);
+        let page = b.page();
+        page.init(PAGE_META);
+        page.set_meta(&meta);
+        // SAFETY: we hold the buffer exclusively.
+        unsafe { pg_sys::MarkBufferDirty(b.buf) };
+    }
+    let mut current: Option<Locked> = None;
+    let mut put = |tid: Tid, bytes: &[u8]| {
+        if current.as_ref().map(|b| b.block()) != Some(tid.block) {
+            if let Some(b) = current.take() {
+                // SAFETY: exclusively locked.
+                unsafe { pg_sys::MarkBufferDirty(b.buf) };
+            }
+            let b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+            assert_eq!(b.block(), tid.block, "akidb_hnsw: index pages out of step with the plan");
+            b.page().init(PAGE_GRAPH);
+            current = Some(b);
+        }
+        let page: PageRef = current.as_ref().unwrap().page();
+        let off = page.add(bytes);
+        assert_eq!(off, tid.offset, "akidb_hnsw: tuple offset out of step with the plan");
+    };
+    for i in 0..tids.len() {
+        let v = &vectors[i * dims..(i + 1) * dims];
+        let chunks = &chunks_at[i];
+        let mut rest = &v[v.len().min(format::MAX_INLINE)..];
+        for (k, &ctid) in chunks.iter().enumerate() {
+            let n = rest.len().min(format::MAX_CHUNK);
+            let next = chunks.get(k + 1).copied().unwrap_or(Tid::INVALID);
+            put(ctid, &format::encode_chunk(&rest[..n], next));
+            rest = &rest[n..];
+        }
+        let element = Element {
+            level: g.levels[i],
+            deleted: false,
+            heap_tid: tids[i],
+            neighbors: neighbors_at[i],
+            next_chunk: chunks.first().copied().unwrap_or(Tid::INVALID),
+            dims: dims as u16,
+            inline: v[..v.len().min(format::MAX_INLINE)].to_vec(),
+        };
+        put(element_at[i], &element.encode());
+        let lists: Vec<Vec<Tid>> = g.links[i].iter().map(|l| l.iter().map(|&n| element_at[n as usize]).collect()).collect();
+        put(neighbors_at[i], &format::encode_neighbors(g.levels[i], m, &lists));
+        if i % 1024 == 0 {
+            pgrx::check_for_interrupts!();
+        }
+    }
+    if let Some(b) = current.take() {
+        // SAFETY: exclusively locked.
+        unsafe { pg_sys::MarkBufferDirty(b.buf) };
+    }
+    log_all(index);
+}
+
+/// Full-page WAL images of every block, for crash recovery and standbys (skipped for
+/// unlogged and temporary indexes).
+fn log_all(index: pg_sys::Relation) {
+    // SAFETY: index is open; RelationNeedsWAL's test is on the persistence.
+    unsafe {
+        if (*(*index).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char {
+            let n = super::page::nblocks(index);
+            pg_sys::log_newpage_range(index, pg_sys::ForkNumber::MAIN_FORKNUM, 0, n, true);
+        }
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    if super::page::nblocks(index) != 0 {
+        error!("akidb_hnsw: index \"{}\" already contains data", unsafe { pgrx::name_data_to_str(&(*(*index).rd_rel).relname) });
+    }
+    let (metric, dims, params) = (metric(index), dimensions(index), params(index));
+    // SAFETY: a plain GUC read (kilobytes).
+    let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
+    // The metapage is block 0, written for real at the end of the in-memory build.
+    {
+        let b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let page = b.page();
+        page.init(PAGE_META);
+        page.set_meta(&Meta {
+            dims: dims as u32,
+            m: params.m as u16,
+            ef_construction: params.ef_construction as u16,
+            metric,
+            entry: Tid::INVALID,
+            entry_level: 0,
+            insert_block: META_BLOCK + 1,
+        });
+        unsafe { pg_sys::MarkBufferDirty(b.buf) };
+    }
+    let mut st = State {
+        index,
+        metric,
+        dims,
+        params,
+        vectors: Vec::new(),
+        tids: Vec::new(),
+        memory_limit,
+        on_disk: false,
+        heap_tuples: 0.0,
+        index_tuples: 0.0,
+    };
+    progress(PROGRESS_SUBPHASE, PHASE_LOAD);
+    // SAFETY: the callback gets `st` back as its state pointer.
+    unsafe {
+        pg_sys::table_index_build_scan(
+            heap,
+            index,
+            index_info,
+            true,
+            true,
+            Some(build_callback),
+            &mut st as *mut State as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
+    }
+    if !st.on_disk {
+        flush(&mut st);
+    }
+    let mut result = unsafe { PgBox::<pg_sys::IndexBuildResult>::alloc0() };
+    result.heap_tuples = st.heap_tuples;
+    result.index_tuples = st.index_tuples;
+    result.into_pg()
+}
+
+/// The init fork of an unlogged index: an empty metapage, WAL-logged (init forks always are).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
+    let (metric, dims, params) = (metric(index), dimensions(index), params(index));
+    let b = Locked::extend(index, pg_sys::ForkNumber::INIT_FORKNUM);
+    let page = b.page();
+    page.init(PAGE_META);
+    page.set_meta(&Meta {
+        dims: dims as u32,
+        m: params.m as u16,
+        ef_construction: params.ef_construction as u16,
+        metric,
+        entry: Tid::INVALID,
+        entry_level: 0,
+        insert_block: META_BLOCK + 1,
+    });
+    // SAFETY: exclusively locked; log_newpage_buffer writes its full image.
+    unsafe {
+        pg_sys::MarkBufferDirty(b.buf);
+        pg_sys::log_newpage_buffer(b.buf, true);
+    }
+}

@@ -1,0 +1,195 @@
+//! `akidb_hnsw_check(index)`: walks every page of an akidb_hnsw index and reports each
+//! structural problem it finds (no rows: the index is sound), like amcheck.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use akidb_core::hnsw::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH, PAGE_META};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::page::{nblocks, Locked};
+
+struct ElementInfo {
+    level: u8,
+    deleted: bool,
+    neighbors: Tid,
+    dims: usize,
+    values: usize,
+}
+
+/// Checks the index; returns one row per problem (none when it is sound).
+#[pg_extern(volatile, parallel_unsafe)]
+fn akidb_hnsw_check(index: pg_sys::Oid) -> TableIterator<'static, (name!(problem, String),)> {
+    let problems = check(index);
+    TableIterator::new(problems.into_iter().map(|p| (p,)))
+}
+
+fn check(oid: pg_sys::Oid) -> Vec<String> {
+    let mut problems = Vec::new();
+    // SAFETY: opens the index with a lock that keeps writers out while we walk it.
+    let index = unsafe { pg_sys::index_open(oid, pg_sys::ShareLock as i32) };
+    struct Close(pg_sys::Relation);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            // SAFETY: opened above.
+            unsafe { pg_sys::index_close(self.0, pg_sys::ShareLock as i32) };
+        }
+    }
+    let _close = Close(index);
+    let n = nblocks(index);
+    if n == 0 {
+        return vec!["the index has no metapage".into()];
+    }
+    let meta = {
+        let b = Locked::read(index, META_BLOCK, false);
+        if b.page().kind() != Some(PAGE_META) {
+            problems.push("block 0 is not a metapage".into());
+        }
+        match b.page().meta() {
+            Ok(m) => m,
+            Err(e) => return vec![format!("metapage: {e}")],
+        }
+    };
+    let m = meta.m as usize;
+    let mut elements: HashMap<Tid, ElementInfo> = HashMap::new();
+    let mut neighbor_tuples: HashMap<Tid, Vec<u8>> = HashMap::new();
+    let mut chunks: HashMap<Tid, (usize, Tid)> = HashMap::new();
+    for block in META_BLOCK + 1..n {
+        let b = Locked::read(index, block, false);
+        let page = b.page();
+        if page.is_new() {
+            continue;
+        }
+        if page.kind() != Some(PAGE_GRAPH) {
+            problems.push(format!("block {block}: not an akidb_hnsw graph page"));
+            continue;
+        }
+        for off in 1..=page.max_offset() {
+            let tid = Tid { block, offset: off };
+            let Some(item) = page.item(off) else {
+                problems.push(format!("({block},{off}): unused line pointer"));
+                continue;
+            };
+            match item[0] {
+                format::KIND_ELEMENT => match Element::decode(item) {
+                    Ok(e) => {
+                        let info = ElementInfo { level: e.level, deleted: e.deleted, neighbors: e.neighbors, dims: e.dims as usize, values: e.inline.len() };
+                        elements.insert(tid, info);
+                    }
+                    Err(err) => problems.push(format!("({block},{off}): element: {err}")),
+                },
+                format::KIND_NEIGHBORS => {
+                    neighbor_tuples.insert(tid, item.to_vec());
+                }
+                format::KIND_CHUNK => {
+                    let mut v = Vec::new();
+                    match format::read_chunk(item, &mut v) {
+                        Ok(next) => {
+                            chunks.insert(tid, (v.len(), next));
+                        }
+                        Err(err) => problems.push(format!("({block},{off}): chunk: {err}")),
+                    }
+                }
+                k => problems.push(format!("({block},{off}): unknown tuple kind {k}")),
+            }
+        }
+    }
+    // Vector chunks: each element's chain must add up to its dimensions.
+    for (tid, e) in elements.iter_mut() {
+        let b = Locked::read(index, tid.block, false);
+        let next = b.page().item(tid.offset).and_then(|i| Element::decode_header(i).ok()).map(|h| h.next_chunk);
+        drop(b);
+        let mut next = next.unwrap_or(Tid::INVALID);
+        let mut hops = 0;
+        while next.is_valid() && hops < 64 {
+            match chunks.get(&next) {
+                Some(&(count, after)) => {
+                    e.values += count;
+                    next = after;
+                }
+                None => {
+                    problems.push(format!("({},{}): vector chunk ({},{}) is missing", tid.block, tid.offset, next.block, next.offset));
+                    break;
+                }
+            }
+            hops += 1;
+        }
+        if e.values != e.dims || e.dims != meta.dims as usize {
+            problems.push(format!("({},{}): holds {} values of {} dimensions (index: {})", tid.block, tid.offset, e.values, e.dims, meta.dims));
+        }
+    }
+    // Neighbour lists: present, of the element's level, pointing at elements.
+    let mut links: HashMap<Tid, Vec<Tid>> = HashMap::new();
+    for (tid, e) in &elements {
+        let Some(bytes) = neighbor_tuples.get(&e.neighbors) else {
+            problems.push(format!("({},{}): neighbour tuple ({},{}) is missing", tid.block, tid.offset, e.neighbors.block, e.neighbors.offset));
+            continue;
+        };
+        if format::neighbors_level(bytes) != Some(e.level) {
+            problems.push(format!("({},{}): neighbour tuple has level {:?}, element has {}", tid.block, tid.offset, format::neighbors_level(bytes), e.level));
+            continue;
+        }
+        for l in 0..=e.level {
+            let mut list = Vec::new();
+            if let Err(err) = format::neighbors_on(bytes, m, l, &mut list) {
+                problems.push(format!("({},{}): {err}", tid.block, tid.offset));
+            }
+            for t in &list {
+                match elements.get(t) {
+                    None => problems.push(format!("({},{}) level {l}: neighbour ({},{}) is not an element", tid.block, tid.offset, t.block, t.offset)),
+                    Some(o) if o.level < l => problems.push(format!("({},{}) level {l}: neighbour ({},{}) only reaches level {}", tid.block, tid.offset, t.block, t.offset, o.level)),
+                    _ => {}
+                }
+                if *t == *tid {
+                    problems.push(format!("({},{}) level {l}: links to itself", tid.block, tid.offset));
+                }
+            }
+            if l == 0 {
+                links.insert(*tid, list);
+            }
+        }
+    }
+    // Entry point: a live element on the top level, when there is any live element.
+    let live: Vec<(&Tid, &ElementInfo)> = elements.iter().filter(|(_, e)| !e.deleted).collect();
+    let top = live.iter().map(|(_, e)| e.level).max();
+    match (meta.entry.is_valid(), elements.get(&meta.entry)) {
+        (false, _) if !live.is_empty() => problems.push(format!("no entry point, but {} live elements", live.len())),
+        (true, None) => problems.push(format!("entry point ({},{}) is not an element", meta.entry.block, meta.entry.offset)),
+        (true, Some(e)) => {
+            if e.level != meta.entry_level {
+                problems.push(format!("entry point level {} but its element has level {}", meta.entry_level, e.level));
+            }
+            if e.deleted && !live.is_empty() {
+                problems.push("entry point is a deleted element".into());
+            }
+            if let Some(top) = top {
+                if e.level < top {
+                    problems.push(format!("entry point is on level {}, below the top level {top}", e.level));
+                }
+            }
+        }
+        _ => {}
+    }
+    // Reachability on level 0 (not damage: a crash between writing an element and linking
+    // it leaves it unreachable, and its row was never committed). Reported as a NOTICE.
+    if meta.entry.is_valid() && elements.contains_key(&meta.entry) {
+        let mut seen: HashSet<Tid> = HashSet::from([meta.entry]);
+        let mut queue = VecDeque::from([meta.entry]);
+        while let Some(t) = queue.pop_front() {
+            for n in links.get(&t).map(|v| v.as_slice()).unwrap_or(&[]) {
+                if seen.insert(*n) {
+                    queue.push_back(*n);
+                }
+            }
+        }
+        let unreachable = live.iter().filter(|(t, _)| !seen.contains(t)).count();
+        if unreachable > 0 {
+            ereport!(
+                NOTICE,
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("{unreachable} of {} live elements are not reachable from the entry point", live.len())
+            );
+        }
+    }
+    problems
+}

@@ -1,0 +1,257 @@
+//! One row into the on-disk graph: find its neighbours with the core search over the
+//! buffer pages, write its tuples, link the neighbours back, and raise the entry point if
+//! the new node is the highest. Each page change is one GenericXLog record; at most one
+//! buffer is locked at a time, so concurrent inserts, scans and VACUUM cannot deadlock.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use akidb_core::hnsw::format::{self, Element, Meta, Tid, META_BLOCK, PAGE_GRAPH};
+use akidb_core::hnsw::search::{descend, search_level, select_neighbors, Candidate, GraphStore};
+use akidb_core::hnsw::{level_from_random, splitmix64, Metric, Params};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::build::{check_dims, item_tid};
+use super::page::{read_meta, Locked, Wal};
+use super::store::DiskGraph;
+use super::{metric, prepared_vector};
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn aminsert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    _heap: pg_sys::Relation,
+    _check_unique: pg_sys::IndexUniqueCheck::Type,
+    _index_unchanged: bool,
+    _index_info: *mut pg_sys::IndexInfo,
+) -> bool {
+    // SAFETY: one indexed column; PostgreSQL passes its value and null flag.
+    if unsafe { *isnull } {
+        return false;
+    }
+    let metric = metric(index);
+    let Some(v) = prepared_vector(unsafe { *values }, metric) else { return false };
+    let meta = read_meta(index);
+    check_dims(meta.dims as usize, v.len());
+    let params = Params { m: meta.m as usize, ef_construction: meta.ef_construction as usize };
+    insert_vector(index, &v, item_tid(heap_tid), metric, params);
+    false
+}
+
+/// Inserts one prepared vector for `heap_tid`.
+pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: Metric, params: Params) {
+    let meta = read_meta(index);
+    let m = meta.m as usize;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m);
+    let mut g = DiskGraph::new(index, m, metric);
+    let mut lists: Vec<Vec<Tid>> = vec![Vec::new(); level as usize + 1];
+    if meta.entry.is_valid() {
+        let start = Candidate { distance: g.distance(v, meta.entry.node()), node: meta.entry.node() };
+        let mut entries = vec![descend(&mut g, v, start, meta.entry_level, level)];
+        for l in (0..=level.min(meta.entry_level)).rev() {
+            let mut visited: HashSet<u64> = entries.iter().map(|e| e.node).collect();
+            let found = search_level(&mut g, v, &entries, params.ef_construction, l, &mut visited);
+            let live: Vec<Candidate> = found
+                .iter()
+                .copied()
+                .filter(|c| g.node(Tid::from_node(c.node)).is_some_and(|n| !n.deleted))
+                .collect();
+            let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| between(&mut g, a, b));
+            lists[l as usize] = chosen.iter().map(|c| Tid::from_node(c.node)).collect();
+            entries = found;
+        }
+    }
+    let element = write_tuples(index, &meta, v, heap_tid, level, &lists);
+    for (l, list) in lists.iter().enumerate() {
+        for &n in list {
+            link_back(index, &mut g, n, element, v, l as u8, params.max_neighbors(l as u8));
+        }
+    }
+    if !meta.entry.is_valid() || level > meta.entry_level {
+        raise_entry(index, element, level);
+    }
+}
+
+fn between(g: &mut DiskGraph, a: u64, b: u64) -> f32 {
+    let metric = g.metric;
+    let va = g.node(Tid::from_node(a)).map(|n| n.vector.clone());
+    match (va, g.node(Tid::from_node(b))) {
+        (Some(va), Some(nb)) => metric.distance(&va, &nb.vector),
+        _ => f32::INFINITY,
+    }
+}
+
+/// Finds a page with `total` bytes free (the insert hint, else a new page, which then
+/// becomes the hint) and runs `write` on it under an exclusive lock.
+fn with_room(index: pg_sys::Relation, total: usize, write: &dyn Fn(&Locked, bool) -> Tid) -> Tid {
+    let hint = read_meta(index).insert_block;
+    if hint != META_BLOCK && hint < super::page::nblocks(index) {
+        let b = Locked::read(index, hint, true);
+        let page = b.page();
+        if !page.is_new() && page.kind() == Some(PAGE_GRAPH) && page.free_space() + 4 >= total {
+            return write(&b, false);
+        }
+    }
+    let b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+    let at = write(&b, true);
+    let block = b.block();
+    drop(b);
+    let mb = Locked::read(index, META_BLOCK, true);
+    let mut wal = Wal::start(index);
+    let page = wal.page(&mb, false);
+    if let Ok(mut meta) = page.meta() {
+        if block > meta.insert_block || meta.insert_block == META_BLOCK {
+            meta.insert_block = block;
+            page.set_meta(&meta);
+            wal.finish();
+        }
+    }
+    at
+}
+
+/// Room a tuple takes on a page: MAXALIGNed data plus its line pointer.
+fn room(len: usize) -> usize {
+    len.div_ceil(8) * 8 + 4
+}
+
+/// Appends one tuple; returns its tid.
+fn append(index: pg_sys::Relation, bytes: &[u8]) -> Tid {
+    with_room(index, room(bytes.len()), &|b, fresh| {
+        let mut wal = Wal::start(index);
+        let page = wal.page(b, fresh);
+        if fresh {
+            page.init(PAGE_GRAPH);
+        }
+        let tid = Tid { block: b.block(), offset: page.add(bytes) };
+        wal.finish();
+        tid
+    })
+}
+
+/// Writes the vector chunks (if any), then the element and its neighbour tuple together.
+fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, level: u8, lists: &[Vec<Tid>]) -> Tid {
+    let m = meta.m as usize;
+    let inline = v.len().min(format::MAX_INLINE);
+    // Chunks last to first, each pointing at the one after it.
+    let mut next = Tid::INVALID;
+    let rest = &v[inline..];
+    let starts: Vec<usize> = (0..rest.len()).step_by(format::MAX_CHUNK).collect();
+    for &s in starts.iter().rev() {
+        let end = (s + format::MAX_CHUNK).min(rest.len());
+        next = append(index, &format::encode_chunk(&rest[s..end], next));
+    }
+    let neighbors = format::encode_neighbors(level, m, lists);
+    let element = move |at: Tid| Element {
+        level,
+        deleted: false,
+        heap_tid,
+        neighbors: Tid { block: at.block, offset: at.offset + 1 },
+        next_chunk: next,
+        dims: v.len() as u16,
+        inline: v[..inline].to_vec(),
+    };
+    // The element's tid decides the neighbour tuple's (the next line pointer), so the
+    // element is encoded once its page is known.
+    append_pair(index, format::element_size(v.len()), &|at| element(at).encode(), &neighbors)
+}
+
+/// Adds the element (made from its tid) and, right after it, the neighbour tuple, on
+/// one page in one WAL record.
+fn append_pair(index: pg_sys::Relation, element_len: usize, element: &dyn Fn(Tid) -> Vec<u8>, neighbors: &[u8]) -> Tid {
+    with_room(index, room(element_len) + room(neighbors.len()), &|b, fresh| {
+        let mut wal = Wal::start(index);
+        let page = wal.page(b, fresh);
+        if fresh {
+            page.init(PAGE_GRAPH);
+        }
+        let at = Tid { block: b.block(), offset: page.max_offset() + 1 };
+        let off = page.add(&element(at));
+        assert_eq!(off, at.offset, "akidb_hnsw: element placed at an unexpected offset");
+        let noff = page.add(neighbors);
+        assert_eq!(noff, at.offset + 1, "akidb_hnsw: neighbour tuple placed at an unexpected offset");
+        wal.finish();
+        at
+    })
+}
+
+/// Adds `new` to `node`'s list on `level` (pruning with the heuristic when full). The list
+/// is read, the new one computed with no lock held, and written only if nobody changed
+/// the tuple meanwhile (else retried).
+pub fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, new_vector: &[f32], level: u8, max: usize) {
+    let m = g.m;
+    let metric = g.metric;
+    for _attempt in 0..5 {
+        let Some((ntid, base)) = g.node(node).map(|n| (n.neighbors, n.vector.clone())) else { return };
+        let Some(before) = super::page::read_tuple(index, ntid) else { return };
+        let Some(own_level) = format::neighbors_level(&before) else { return };
+        let mut lists: Vec<Vec<Tid>> = (0..=own_level)
+            .map(|l| {
+                let mut out = Vec::new();
+                let _ = format::neighbors_on(&before, m, l, &mut out);
+                out
+            })
+            .collect();
+        let Some(list) = lists.get_mut(level as usize) else { return };
+        if list.contains(&new) {
+            return;
+        }
+        if list.len() < max {
+            list.push(new);
+        } else {
+            let mut cands: Vec<Candidate> = list
+                .iter()
+                .map(|&t| Candidate { distance: g.node(t).map_or(f32::INFINITY, |n| metric.distance(&base, &n.vector)), node: t.node() })
+                .collect();
+            cands.push(Candidate { distance: metric.distance(&base, new_vector), node: new.node() });
+            let kept = select_neighbors(&cands, max, |a, b| {
+                let va = if a == new.node() { Some(new_vector.to_vec()) } else { g.node(Tid::from_node(a)).map(|n| n.vector.clone()) };
+                let vb = if b == new.node() { Some(new_vector.to_vec()) } else { g.node(Tid::from_node(b)).map(|n| n.vector.clone()) };
+                match (va, vb) {
+                    (Some(x), Some(y)) => metric.distance(&x, &y),
+                    _ => f32::INFINITY,
+                }
+            });
+            if !kept.iter().any(|c| c.node == new.node()) {
+                return;
+            }
+            *list = kept.iter().map(|c| Tid::from_node(c.node)).collect();
+        }
+        if replace_tuple(index, ntid, &before, &format::encode_neighbors(own_level, m, &lists)) {
+            return;
+        }
+    }
+}
+
+/// Overwrites the tuple at `tid` with `after` (same size) if it still equals `before`.
+pub fn replace_tuple(index: pg_sys::Relation, tid: Tid, before: &[u8], after: &[u8]) -> bool {
+    let b = Locked::read(index, tid.block, true);
+    let mut wal = Wal::start(index);
+    let page = wal.page(&b, false);
+    match page.item(tid.offset) {
+        Some(item) if item == before && item.len() == after.len() => {
+            item.copy_from_slice(after);
+            wal.finish();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Makes `element` the entry point if it is higher than the current one.
+fn raise_entry(index: pg_sys::Relation, element: Tid, level: u8) {
+    let mb = Locked::read(index, META_BLOCK, true);
+    let mut wal = Wal::start(index);
+    let page = wal.page(&mb, false);
+    if let Ok(mut meta) = page.meta() {
+        if !meta.entry.is_valid() || level > meta.entry_level {
+            meta.entry = element;
+            meta.entry_level = level;
+            page.set_meta(&meta);
+            wal.finish();
+        }
+    }
+}

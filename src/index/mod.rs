@@ -1,0 +1,246 @@
+//! `akidb_hnsw`: the HNSW index access method. One module per phase, like pgvector:
+//! * this file — the handler (what the AM can do), reloptions, cost estimate, opclasses;
+//! * [`build`] — CREATE INDEX: the heap scan, the parallel in-memory graph, the pages;
+//! * [`insert`] — one row into the on-disk graph;
+//! * [`scan`] — ORDER BY col <op> constant LIMIT k, with iterative scans;
+//! * [`vacuum`] — removing dead rows and repairing their neighbours' links;
+//! * [`check`] — `akidb_hnsw_check(regclass)`;
+//! * [`page`] and [`store`] — buffers, pages, WAL; the graph on disk for the core search.
+//!
+//! The on-disk format is `akidb_core::hnsw::format`.
+
+pub mod build;
+pub mod check;
+pub mod insert;
+pub mod page;
+pub mod scan;
+pub mod store;
+pub mod vacuum;
+
+use std::ffi::CStr;
+
+use akidb_core::hnsw::{Metric, Params};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::settings;
+
+pub const DEFAULT_M: i32 = 16;
+pub const DEFAULT_EF_CONSTRUCTION: i32 = 64;
+
+/// `WITH (m = ..., ef_construction = ...)` as PostgreSQL stores it.
+#[repr(C)]
+struct Options {
+    vl_len_: i32,
+    m: i32,
+    ef_construction: i32,
+}
+
+static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
+
+/// Registers the reloptions; from `_PG_init`.
+pub fn init() {
+    // SAFETY: runs once at library load, on the main thread; the strings are 'static.
+    unsafe {
+        RELOPT_KIND = pg_sys::add_reloption_kind();
+        pg_sys::add_int_reloption(
+            RELOPT_KIND as _,
+            c"m".as_ptr(),
+            c"Neighbours per node on levels above 0 (twice as many on level 0)".as_ptr(),
+            DEFAULT_M,
+            2,
+            100,
+            pg_sys::AccessExclusiveLock as _,
+        );
+        pg_sys::add_int_reloption(
+            RELOPT_KIND as _,
+            c"ef_construction".as_ptr(),
+            c"Size of the candidate list while building the graph".as_ptr(),
+            DEFAULT_EF_CONSTRUCTION,
+            4,
+            1000,
+            pg_sys::AccessExclusiveLock as _,
+        );
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
+    let tab = [
+        pg_sys::relopt_parse_elt {
+            optname: c"m".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, m) as i32,
+        },
+        pg_sys::relopt_parse_elt {
+            optname: c"ef_construction".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, ef_construction) as i32,
+        },
+    ];
+    // SAFETY: the table describes `Options`; PostgreSQL allocates and fills it.
+    unsafe {
+        pg_sys::build_reloptions(reloptions, validate, RELOPT_KIND, std::mem::size_of::<Options>(), tab.as_ptr(), tab.len() as i32)
+            as *mut pg_sys::bytea
+    }
+}
+
+/// The index's build parameters.
+pub fn params(index: pg_sys::Relation) -> Params {
+    // SAFETY: rd_options is null or the Options built by amoptions.
+    let opts = unsafe { ((*index).rd_options as *const Options).as_ref() };
+    let (m, ef) = opts.map_or((DEFAULT_M, DEFAULT_EF_CONSTRUCTION), |o| (o.m, o.ef_construction));
+    Params { m: m as usize, ef_construction: ef as usize }
+}
+
+/// The metric of the index's operator class, from its distance support function.
+pub fn metric(index: pg_sys::Relation) -> Metric {
+    // SAFETY: index is open; support procedure 1 exists for every akidb_hnsw opclass.
+    let name = unsafe {
+        let proc_ = pg_sys::index_getprocid(index, 1, 1);
+        let name = pg_sys::get_func_name(proc_);
+        if name.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    };
+    match name.as_str() {
+        "l2_distance" => Metric::L2,
+        "vector_negative_inner_product" => Metric::InnerProduct,
+        "cosine_distance" => Metric::Cosine,
+        "l1_distance" => Metric::L1,
+        other => error!("akidb_hnsw: unsupported distance function {other}"),
+    }
+}
+
+/// The indexed column's declared dimensions.
+pub fn dimensions(index: pg_sys::Relation) -> usize {
+    // SAFETY: an index has at least one attribute.
+    let typmod = unsafe { (*(*(*index).rd_att).attrs.as_ptr()).atttypmod };
+    if typmod < 1 {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "column does not have dimensions",
+            "Declare the column as vector(n) to index it with akidb_hnsw."
+        );
+    }
+    typmod as usize
+}
+
+/// Reads a vector datum and prepares it for `metric`; None for a vector the index does
+/// not hold (a zero vector under cosine).
+pub fn prepared_vector(datum: pg_sys::Datum, metric: Metric) -> Option<Vec<f32>> {
+    // SAFETY: the datum is a non-null vector.
+    let v = unsafe { <crate::types::datum::VectorRef as FromDatum>::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }?;
+    let mut out = v.as_slice().to_vec();
+    metric.prepare(&mut out).then_some(out)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amcostestimate(
+    _root: *mut pg_sys::PlannerInfo,
+    path: *mut pg_sys::IndexPath,
+    _loop_count: f64,
+    startup: *mut pg_sys::Cost,
+    total: *mut pg_sys::Cost,
+    selectivity: *mut pg_sys::Selectivity,
+    correlation: *mut f64,
+    pages: *mut f64,
+) {
+    // SAFETY: the planner passes valid pointers.
+    unsafe {
+        *correlation = 0.0;
+        // Only ORDER BY col <op> constant: anything else must not use this index.
+        if (*path).indexorderbys.is_null() {
+            *startup = 1.0e10;
+            *total = 1.0e10;
+            *selectivity = 0.0;
+            *pages = 0.0;
+            return;
+        }
+        let info = (*path).indexinfo;
+        let tuples = (*info).tuples.max(1.0);
+        let index_pages = ((*info).pages as f64).max(1.0);
+        let ef = settings::HNSW_EF_SEARCH.get() as f64;
+        let m = DEFAULT_M as f64;
+        // A search looks at about ef * 2m nodes on level 0 (plus a few above), each a
+        // random page read of an element and its neighbour list.
+        let visited = (ef * 2.0 * m * 1.2).min(tuples);
+        let pages_fetched = visited.min(index_pages);
+        let cost = pages_fetched * pg_sys::random_page_cost + visited * (pg_sys::cpu_index_tuple_cost + 4.0 * pg_sys::cpu_operator_cost);
+        *startup = cost;
+        *total = cost;
+        *selectivity = 1.0;
+        *pages = pages_fetched;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amvalidate(_opclassoid: pg_sys::Oid) -> bool {
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn ambuildphasename(phase: i64) -> *mut std::ffi::c_char {
+    let name: &CStr = match phase {
+        build::PHASE_LOAD => c"loading tuples",
+        build::PHASE_GRAPH => c"building graph",
+        build::PHASE_WRITE => c"writing pages",
+        build::PHASE_INSERT => c"inserting tuples that did not fit in memory",
+        _ => return std::ptr::null_mut(),
+    };
+    // SAFETY: PostgreSQL copies the name; a static string outlives the call.
+    name.as_ptr() as *mut _
+}
+
+/// pg_finfo record for the handler (a version-1 C function).
+#[no_mangle]
+pub extern "C" fn pg_finfo_akidb_hnsw_handler() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// The access method handler: what akidb_hnsw can do, and its callbacks.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn akidb_hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let mut am = unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
+    am.amstrategies = 0;
+    am.amsupport = 1;
+    am.amoptsprocnum = 0;
+    am.amcanorder = false;
+    am.amcanorderbyop = true;
+    am.amcanbackward = false;
+    am.amcanunique = false;
+    am.amcanmulticol = false;
+    am.amoptionalkey = true;
+    am.amsearcharray = false;
+    am.amsearchnulls = false;
+    am.amstorage = false;
+    am.amclusterable = false;
+    am.ampredlocks = false;
+    am.amcanparallel = false;
+    am.amcaninclude = false;
+    am.amusemaintenanceworkmem = true;
+    am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_PARALLEL_BULKDEL as u8;
+    am.amkeytype = pg_sys::InvalidOid;
+    am.ambuild = Some(build::ambuild);
+    am.ambuildempty = Some(build::ambuildempty);
+    am.aminsert = Some(insert::aminsert);
+    am.ambulkdelete = Some(vacuum::ambulkdelete);
+    am.amvacuumcleanup = Some(vacuum::amvacuumcleanup);
+    am.amcostestimate = Some(amcostestimate);
+    am.amoptions = Some(amoptions);
+    am.amvalidate = Some(amvalidate);
+    am.ambuildphasename = Some(ambuildphasename);
+    am.ambeginscan = Some(scan::ambeginscan);
+    am.amrescan = Some(scan::amrescan);
+    am.amgettuple = Some(scan::amgettuple);
+    am.amendscan = Some(scan::amendscan);
+    pg_sys::Datum::from(am.into_pg())
+}
+
+// The access method and its operator classes are created in sql/vector_operators.sql,
+// after the operators they use.

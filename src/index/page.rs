@@ -1,0 +1,204 @@
+//! Buffers, pages and WAL for the index: pinned+locked buffers that release themselves,
+//! the page layout read directly (header, line pointers, items, special space), and
+//! GenericXLog records for every change to an existing page.
+
+use akidb_core::hnsw::format::{self, Meta, Tid, BLOCK_SIZE, META_BLOCK, PAGE_GRAPH, PAGE_META, SPECIAL_SIZE};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+const PAGE_HEADER: usize = 24;
+
+/// A pinned and locked buffer, unlocked and released on drop.
+pub struct Locked {
+    pub buf: pg_sys::Buffer,
+}
+
+impl Locked {
+    pub fn read(rel: pg_sys::Relation, block: u32, exclusive: bool) -> Locked {
+        // SAFETY: rel is an open index relation; the buffer is pinned then locked.
+        unsafe {
+            let buf = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            pg_sys::LockBuffer(buf, if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32);
+            Locked { buf }
+        }
+    }
+
+    /// A new block at the end of the relation's `fork`, locked exclusively, not yet initialised.
+    pub fn extend(rel: pg_sys::Relation, fork: pg_sys::ForkNumber::Type) -> Locked {
+        // SAFETY: the extension lock serialises P_NEW among backends.
+        unsafe {
+            pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+            let buf = pg_sys::ReadBufferExtended(rel, fork, pg_sys::InvalidBlockNumber, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+            Locked { buf }
+        }
+    }
+
+    pub fn block(&self) -> u32 {
+        // SAFETY: a pinned buffer.
+        unsafe { pg_sys::BufferGetBlockNumber(self.buf) }
+    }
+
+    pub fn page(&self) -> PageRef {
+        // SAFETY: a pinned, locked buffer's page stays valid while we hold it.
+        PageRef(unsafe { pg_sys::BufferGetPage(self.buf) } as *mut u8)
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: we hold the pin and the lock.
+        unsafe { pg_sys::UnlockReleaseBuffer(self.buf) };
+    }
+}
+
+/// A page in memory (a buffer's, or a GenericXLog working copy).
+#[derive(Clone, Copy)]
+pub struct PageRef(pub *mut u8);
+
+impl PageRef {
+    fn u16_at(&self, off: usize) -> u16 {
+        // SAFETY: off is inside the 8 KB page header.
+        unsafe { std::ptr::read_unaligned(self.0.add(off) as *const u16) }
+    }
+
+    pub fn is_new(&self) -> bool {
+        self.u16_at(14) == 0 // pd_upper
+    }
+
+    pub fn max_offset(&self) -> u16 {
+        let lower = self.u16_at(12) as usize;
+        (lower.saturating_sub(PAGE_HEADER) / 4) as u16
+    }
+
+    /// Item `offset` (1-based), or None for an unused or out-of-range line pointer.
+    pub fn item(&self, offset: u16) -> Option<&mut [u8]> {
+        if offset == 0 || offset > self.max_offset() {
+            return None;
+        }
+        // SAFETY: the line pointer array lies inside the page (offset <= max_offset).
+        let lp = unsafe { std::ptr::read_unaligned(self.0.add(PAGE_HEADER + 4 * (offset as usize - 1)) as *const u32) };
+        let (off, flags, len) = ((lp & 0x7fff) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
+        if flags != pg_sys::LP_NORMAL || off + len > BLOCK_SIZE || len == 0 {
+            return None;
+        }
+        // SAFETY: a normal line pointer points inside the page (checked above).
+        Some(unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) })
+    }
+
+    pub fn special(&self) -> &[u8] {
+        let special = self.u16_at(16) as usize;
+        let special = special.min(BLOCK_SIZE);
+        // SAFETY: pd_special is inside the page.
+        unsafe { std::slice::from_raw_parts(self.0.add(special), BLOCK_SIZE - special) }
+    }
+
+    pub fn kind(&self) -> Option<u16> {
+        format::decode_opaque(self.special())
+    }
+
+    /// Initialises an empty akidb page of `kind`.
+    pub fn init(&self, kind: u16) {
+        // SAFETY: a whole page we own exclusively.
+        unsafe {
+            pg_sys::PageInit(self.0 as pg_sys::Page, BLOCK_SIZE, SPECIAL_SIZE);
+            let special = self.u16_at(16) as usize;
+            std::ptr::copy_nonoverlapping(format::encode_opaque(kind).as_ptr(), self.0.add(special), SPECIAL_SIZE);
+        }
+    }
+
+    /// Free bytes for one more item (PostgreSQL's PageGetFreeSpace).
+    pub fn free_space(&self) -> usize {
+        let (lower, upper) = (self.u16_at(12) as usize, self.u16_at(14) as usize);
+        upper.saturating_sub(lower).saturating_sub(4)
+    }
+
+    /// Appends an item; returns its offset. Errors (never silently drops) if it does not fit.
+    pub fn add(&self, data: &[u8]) -> u16 {
+        // SAFETY: PageAddItemExtended copies `data` into a page we hold exclusively.
+        let off = unsafe {
+            pg_sys::PageAddItemExtended(self.0 as pg_sys::Page, data.as_ptr() as pg_sys::Item, data.len(), pg_sys::InvalidOffsetNumber, 0)
+        };
+        if off == pg_sys::InvalidOffsetNumber {
+            error!("akidb_hnsw: failed to add a {}-byte tuple to an index page", data.len());
+        }
+        off
+    }
+
+    pub fn meta(&self) -> Result<Meta, format::FormatError> {
+        // SAFETY: the metapage contents follow the page header.
+        let bytes = unsafe { std::slice::from_raw_parts(self.0.add(PAGE_HEADER), format::META_SIZE) };
+        Meta::decode(bytes)
+    }
+
+    pub fn set_meta(&self, meta: &Meta) {
+        let bytes = meta.encode();
+        // SAFETY: writes the metapage contents and moves pd_lower past them, as
+        // PostgreSQL expects of pages whose contents are not items.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.add(PAGE_HEADER), bytes.len());
+            std::ptr::write_unaligned(self.0.add(12) as *mut u16, (PAGE_HEADER + bytes.len()) as u16);
+        }
+    }
+}
+
+/// A GenericXLog record over up to four buffers; aborted on drop unless finished.
+pub struct Wal {
+    state: *mut pg_sys::GenericXLogState,
+}
+
+impl Wal {
+    pub fn start(rel: pg_sys::Relation) -> Wal {
+        // SAFETY: rel is an open index relation.
+        Wal { state: unsafe { pg_sys::GenericXLogStart(rel) } }
+    }
+
+    /// The working copy of `buf`'s page to modify (`fresh`: the page is rewritten whole).
+    pub fn page(&mut self, buf: &Locked, fresh: bool) -> PageRef {
+        let flags = if fresh { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 };
+        // SAFETY: buf is exclusively locked by us for the life of this record.
+        PageRef(unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, buf.buf, flags) } as *mut u8)
+    }
+
+    pub fn finish(mut self) {
+        // SAFETY: applies the changes and writes the record; the state is consumed.
+        unsafe { pg_sys::GenericXLogFinish(self.state) };
+        self.state = std::ptr::null_mut();
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if !self.state.is_null() {
+            // SAFETY: an unfinished record: discard the working copies.
+            unsafe { pg_sys::GenericXLogAbort(self.state) };
+        }
+    }
+}
+
+pub fn read_meta(rel: pg_sys::Relation) -> Meta {
+    let b = Locked::read(rel, META_BLOCK, false);
+    match b.page().meta() {
+        Ok(m) => m,
+        Err(e) => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("akidb_hnsw index: {e}"));
+        }
+    }
+}
+
+pub fn page_kinds() -> (u16, u16) {
+    (PAGE_META, PAGE_GRAPH)
+}
+
+/// The number of blocks in the index's main fork.
+pub fn nblocks(rel: pg_sys::Relation) -> u32 {
+    // SAFETY: rel is open.
+    unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
+}
+
+/// Reads a tuple's bytes (copied) under a share lock.
+pub fn read_tuple(rel: pg_sys::Relation, tid: Tid) -> Option<Vec<u8>> {
+    let b = Locked::read(rel, tid.block, false);
+    b.page().item(tid.offset).map(|s| s.to_vec())
+}
