@@ -19,7 +19,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the build and the tests need.
 ensure_apt_packages() {
-    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv unzip bc)
+    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv unzip bc dataset-fashion-mnist)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

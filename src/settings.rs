@@ -172,8 +172,11 @@ pub fn init() {
 /// `akidb.hnsw_iterative_scan`: what a scan does when its candidate list runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
 pub enum IterativeScan {
+    #[name = c"off"]
     Off,
+    #[name = c"relaxed_order"]
     RelaxedOrder,
+    #[name = c"strict_order"]
     StrictOrder,
 }
 

@@ -117,7 +117,11 @@ fn cancel_pending() -> bool {
 /// Builds the graph of the rows collected so far (threads; this thread reports progress
 /// and watches for cancel), then writes it.
 fn flush(st: &mut State) {
-    let n = st.tids.len();
+    // Rows with identical vectors share an element (up to MAX_HEAP_TIDS each): a graph of
+    // many equal points would otherwise link them only to each other.
+    let (vectors, groups) = dedupe(&st.vectors, &st.tids, st.dims);
+    st.vectors = vectors;
+    let n = groups.len();
     progress(PROGRESS_SUBPHASE, PHASE_GRAPH);
     progress(PROGRESS_TUPLES_TOTAL, n as i64);
     progress(PROGRESS_TUPLES_DONE, 0);
@@ -145,23 +149,44 @@ fn flush(st: &mut State) {
         error!("akidb_hnsw: index build canceled");
     };
     progress(PROGRESS_SUBPHASE, PHASE_WRITE);
-    write(st.index, &graph, &st.vectors, &st.tids, st.dims, st.metric, st.params);
+    write(st.index, &graph, &st.vectors, &groups, st.dims, st.metric, st.params);
     st.vectors = Vec::new();
     st.tids = Vec::new();
 }
 
+/// Groups identical vectors: returns the distinct vectors (flat) and each one's heap tids.
+fn dedupe(vectors: &[f32], tids: &[Tid], dims: usize) -> (Vec<f32>, Vec<Vec<Tid>>) {
+    use std::collections::HashMap;
+    let mut first: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut out: Vec<f32> = Vec::with_capacity(vectors.len());
+    let mut groups: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
+    for (i, &tid) in tids.iter().enumerate() {
+        let v = &vectors[i * dims..(i + 1) * dims];
+        let key: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        match first.get(&key) {
+            Some(&g) if groups[g].len() < format::MAX_HEAP_TIDS => groups[g].push(tid),
+            _ => {
+                first.insert(key, groups.len());
+                groups.push(vec![tid]);
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    (out, groups)
+}
+
 /// Writes the metapage and the graph, block by block, then logs them as full images.
-fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Tid], dims: usize, metric: Metric, params: Params) {
+fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>], dims: usize, metric: Metric, params: Params) {
     let m = params.m;
     // Where every tuple goes, before writing any (neighbour lists point both ways).
     let mut plan = PagePlanner::new(META_BLOCK + 1);
     let mut element_at = Vec::with_capacity(tids.len());
     let mut neighbors_at = Vec::with_capacity(tids.len());
     let mut chunks_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
-    let chunk_sizes = format::chunk_sizes(dims);
     for i in 0..tids.len() {
-        chunks_at.push(chunk_sizes.iter().map(|&s| plan.place(s)).collect());
-        let (es, ns) = (format::element_size(dims), format::neighbors_size(g.levels[i], m));
+        let inline = format::inline_count(dims, g.levels[i], m);
+        chunks_at.push(format::chunk_sizes(dims, inline).iter().map(|&s| plan.place(s)).collect());
+        let (es, ns) = (format::element_size(inline), format::neighbors_size(g.levels[i], m));
         if !plan.fits(&[es, ns]) {
             plan.next_page();
         }
@@ -204,7 +229,8 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Tid], dims
     for i in 0..tids.len() {
         let v = &vectors[i * dims..(i + 1) * dims];
         let chunks = &chunks_at[i];
-        let mut rest = &v[v.len().min(format::MAX_INLINE)..];
+        let inline = format::inline_count(dims, g.levels[i], m);
+        let mut rest = &v[inline..];
         for (k, &ctid) in chunks.iter().enumerate() {
             let n = rest.len().min(format::MAX_CHUNK);
             let next = chunks.get(k + 1).copied().unwrap_or(Tid::INVALID);
@@ -214,11 +240,11 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Tid], dims
         let element = Element {
             level: g.levels[i],
             deleted: false,
-            heap_tid: tids[i],
+            heap_tids: tids[i].clone(),
             neighbors: neighbors_at[i],
             next_chunk: chunks.first().copied().unwrap_or(Tid::INVALID),
             dims: dims as u16,
-            inline: v[..v.len().min(format::MAX_INLINE)].to_vec(),
+            inline: v[..inline].to_vec(),
         };
         put(element_at[i], &element.encode());
         let lists: Vec<Vec<Tid>> = g.links[i].iter().map(|l| l.iter().map(|&n| element_at[n as usize]).collect()).collect();

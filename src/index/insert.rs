@@ -46,7 +46,7 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
     let meta = read_meta(index);
     let m = meta.m as usize;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m);
+    let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m).min(format::max_level(m));
     let mut g = DiskGraph::new(index, m, metric);
     let mut lists: Vec<Vec<Tid>> = vec![Vec::new(); level as usize + 1];
     if meta.entry.is_valid() {
@@ -62,6 +62,14 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
                 .collect();
             let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| between(&mut g, a, b));
             lists[l as usize] = chosen.iter().map(|c| Tid::from_node(c.node)).collect();
+            // An identical vector already in the graph takes this row too.
+            if l == 0 {
+                for same in live.iter().take_while(|c| c.distance == 0.0).map(|c| Tid::from_node(c.node)) {
+                    if g.node(same).is_some_and(|n| n.vector == v) && add_heap_tid(index, same, heap_tid) {
+                        return;
+                    }
+                }
+            }
             entries = found;
         }
     }
@@ -74,6 +82,25 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
     if !meta.entry.is_valid() || level > meta.entry_level {
         raise_entry(index, element, level);
     }
+}
+
+/// Adds `heap_tid` to the element at `element` if it has room; false otherwise.
+fn add_heap_tid(index: pg_sys::Relation, element: Tid, heap_tid: Tid) -> bool {
+    for _attempt in 0..5 {
+        let Some(before) = super::page::read_tuple(index, element) else { return false };
+        let Ok(e) = Element::decode_header(&before) else { return false };
+        if e.deleted || e.heap_tids.len() >= format::MAX_HEAP_TIDS {
+            return false;
+        }
+        let mut after = before.clone();
+        let mut tids = e.heap_tids.clone();
+        tids.push(heap_tid);
+        format::set_heap_tids(&mut after, &tids);
+        if replace_tuple(index, element, &before, &after) {
+            return true;
+        }
+    }
+    false
 }
 
 fn between(g: &mut DiskGraph, a: u64, b: u64) -> f32 {
@@ -135,7 +162,7 @@ fn append(index: pg_sys::Relation, bytes: &[u8]) -> Tid {
 /// Writes the vector chunks (if any), then the element and its neighbour tuple together.
 fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, level: u8, lists: &[Vec<Tid>]) -> Tid {
     let m = meta.m as usize;
-    let inline = v.len().min(format::MAX_INLINE);
+    let inline = format::inline_count(v.len(), level, m);
     // Chunks last to first, each pointing at the one after it.
     let mut next = Tid::INVALID;
     let rest = &v[inline..];
@@ -148,7 +175,7 @@ fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, 
     let element = move |at: Tid| Element {
         level,
         deleted: false,
-        heap_tid,
+        heap_tids: vec![heap_tid],
         neighbors: Tid { block: at.block, offset: at.offset + 1 },
         next_chunk: next,
         dims: v.len() as u16,
@@ -156,7 +183,7 @@ fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, 
     };
     // The element's tid decides the neighbour tuple's (the next line pointer), so the
     // element is encoded once its page is known.
-    append_pair(index, format::element_size(v.len()), &|at| element(at).encode(), &neighbors)
+    append_pair(index, format::element_size(inline), &|at| element(at).encode(), &neighbors)
 }
 
 /// Adds the element (made from its tid) and, right after it, the neighbour tuple, on

@@ -64,7 +64,22 @@ pub fn init() {
     }
 }
 
-#[pg_guard]
+extern "C-unwind" {
+    /// PostgreSQL's build_reloptions, called directly: a bad option value raises its own
+    /// clean ERROR (pgrx's wrapper would add a Rust backtrace to it).
+    #[link_name = "build_reloptions"]
+    fn raw_build_reloptions(
+        reloptions: pg_sys::Datum,
+        validate: bool,
+        kind: pg_sys::relopt_kind::Type,
+        relopt_struct_size: usize,
+        relopt_elems: *const pg_sys::relopt_parse_elt,
+        num_relopt_elems: i32,
+    ) -> *mut std::ffi::c_void;
+}
+
+// Not #[pg_guard]: nothing here owns a destructor, so PostgreSQL's longjmp on a bad value
+// passes through this frame cleanly, exactly as through a C function.
 unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
     let tab = [
         pg_sys::relopt_parse_elt {
@@ -80,7 +95,7 @@ unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool)
     ];
     // SAFETY: the table describes `Options`; PostgreSQL allocates and fills it.
     unsafe {
-        pg_sys::build_reloptions(reloptions, validate, RELOPT_KIND, std::mem::size_of::<Options>(), tab.as_ptr(), tab.len() as i32)
+        raw_build_reloptions(reloptions, validate, RELOPT_KIND, std::mem::size_of::<Options>(), tab.as_ptr(), tab.len() as i32)
             as *mut pg_sys::bytea
     }
 }

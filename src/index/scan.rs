@@ -78,7 +78,9 @@ fn search(index: pg_sys::Relation, st: &mut ScanState) {
         if strict && !first_round && c.distance < st.last_distance {
             continue;
         }
-        st.pending.push((c.distance, n.heap_tid));
+        for &h in &n.heap_tids {
+            st.pending.push((c.distance, h));
+        }
         st.returned.insert(tid);
     }
     if st.pending.is_empty() {

@@ -15,7 +15,7 @@ use super::page::Locked;
 pub struct Node {
     pub level: u8,
     pub deleted: bool,
-    pub heap_tid: Tid,
+    pub heap_tids: Vec<Tid>,
     pub neighbors: Tid,
     pub vector: Vec<f32>,
     /// The neighbour tuple, when it sat on the element's page.
@@ -78,7 +78,7 @@ impl DiskGraph {
         if vector.len() != header.dims as usize {
             corrupted(format!("element ({}, {}) holds {} of {} values", tid.block, tid.offset, vector.len(), header.dims));
         }
-        Some(Node { level: header.level, deleted: header.deleted, heap_tid: header.heap_tid, neighbors: header.neighbors, vector, neighbor_bytes })
+        Some(Node { level: header.level, deleted: header.deleted, heap_tids: header.heap_tids, neighbors: header.neighbors, vector, neighbor_bytes })
     }
 
     /// The neighbours of `tid` on `level`.

@@ -16,8 +16,8 @@ use super::insert::replace_tuple;
 use super::page::{nblocks, read_meta, read_tuple, Locked, Wal};
 use super::store::DiskGraph;
 
-/// Every element: (tid, level, deleted, heap tid).
-fn elements(index: pg_sys::Relation) -> Vec<(Tid, u8, bool, Tid)> {
+/// Every element: (tid, level, deleted, heap tid count).
+fn elements(index: pg_sys::Relation) -> Vec<(Tid, u8, bool, usize)> {
     let mut out = Vec::new();
     for block in META_BLOCK + 1..nblocks(index) {
         let b = Locked::read(index, block, false);
@@ -29,7 +29,7 @@ fn elements(index: pg_sys::Relation) -> Vec<(Tid, u8, bool, Tid)> {
             if let Some(item) = page.item(off) {
                 if item.first() == Some(&format::KIND_ELEMENT) {
                     if let Ok(e) = Element::decode_header(item) {
-                        out.push((Tid { block, offset: off }, e.level, e.deleted, e.heap_tid));
+                        out.push((Tid { block, offset: off }, e.level, e.deleted, e.heap_tids.len()));
                     }
                 }
             }
@@ -59,7 +59,8 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         if b.page().kind() != Some(PAGE_GRAPH) {
             continue;
         }
-        let mut dead = Vec::new();
+        // (offset, the heap tids that stay; empty: the element goes)
+        let mut changes: Vec<(u16, Vec<Tid>)> = Vec::new();
         let page = b.page();
         for off in 1..=page.max_offset() {
             let Some(item) = page.item(off) else { continue };
@@ -70,23 +71,34 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             if e.deleted {
                 continue;
             }
-            let mut heap = pg_sys::ItemPointerData::default();
-            pgrx::itemptr::item_pointer_set_all(&mut heap, e.heap_tid.block, e.heap_tid.offset);
-            // SAFETY: the callback only looks the tid up in VACUUM's dead-tuple store.
-            if unsafe { callback(&mut heap, callback_state) } {
-                dead.push(off);
+            let keep: Vec<Tid> = e
+                .heap_tids
+                .iter()
+                .copied()
+                .filter(|t| {
+                    let mut heap = pg_sys::ItemPointerData::default();
+                    pgrx::itemptr::item_pointer_set_all(&mut heap, t.block, t.offset);
+                    // SAFETY: the callback only looks the tid up in VACUUM's dead-tuple store.
+                    !unsafe { callback(&mut heap, callback_state) }
+                })
+                .collect();
+            if keep.len() != e.heap_tids.len() {
+                removed += (e.heap_tids.len() - keep.len()) as f64;
+                changes.push((off, keep));
             }
         }
-        if !dead.is_empty() {
+        if !changes.is_empty() {
             let mut wal = Wal::start(index);
             let page = wal.page(&b, false);
-            for off in &dead {
+            for (off, keep) in &changes {
                 if let Some(item) = page.item(*off) {
-                    format::set_deleted(item);
+                    format::set_heap_tids(item, keep);
+                    if keep.is_empty() {
+                        format::set_deleted(item);
+                    }
                 }
             }
             wal.finish();
-            removed += dead.len() as f64;
         }
     }
 
@@ -99,13 +111,13 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // SAFETY: stats is ours to fill.
     unsafe {
         (*stats).tuples_removed += removed;
-        (*stats).num_index_tuples = all.iter().filter(|e| !e.2).count() as f64;
+        (*stats).num_index_tuples = all.iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() as f64;
         (*stats).num_pages = nblocks(index);
     }
     stats
 }
 
-fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, Tid)], deleted: &HashSet<Tid>) {
+fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &HashSet<Tid>) {
     let meta = read_meta(index);
     let m = meta.m as usize;
     let params = Params { m, ef_construction: meta.ef_construction as usize };
@@ -192,7 +204,7 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         let index = (*info).index;
         let stats = if stats.is_null() {
             let s = PgBox::<pg_sys::IndexBulkDeleteResult>::alloc0().into_pg();
-            (*s).num_index_tuples = elements(index).iter().filter(|e| !e.2).count() as f64;
+            (*s).num_index_tuples = elements(index).iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() as f64;
             s
         } else {
             stats

@@ -48,7 +48,7 @@ impl GraphStore for View<'_, '_> {
 
 /// The level node `i` gets (deterministic for a seed, so builds are reproducible).
 pub fn node_level(seed: u64, i: usize, m: usize) -> u8 {
-    level_from_random(splitmix64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)), m)
+    level_from_random(splitmix64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)), m).min(super::format::max_level(m))
 }
 
 /// Builds the graph of `data` (`n * dims` prepared values) on `threads` threads (each

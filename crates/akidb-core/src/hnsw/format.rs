@@ -7,16 +7,17 @@
 //! metapage contents  Meta: magic, version, dims, m, ef_construction, metric, entry point
 //!                    (tid + level), insert hint (last block with room), element count
 //! special space      PageOpaque: page magic 0xAK1D, page kind (meta / graph)
-//! element tuple      kind=1 | level | deleted | pad | heap tid (8) | neighbours tid (8) |
-//!                    next chunk tid (8) | inline count u16 | dims u16 | inline f32s
+//! element tuple      kind=1 | level | deleted | heap tid count | up to 10 heap tids (6 each,
+//!                    identical vectors share an element) | neighbours tid (6) |
+//!                    next chunk tid (6) | inline count u16 | dims u16 | inline f32s
 //! chunk tuple        kind=3 | pad(3) | next chunk tid (8) | count u16 | pad(2) | f32s
 //! neighbour tuple    kind=2 | level | pad(2) | slots: level 0 has 2m, each level above m,
 //!                    6 bytes each (block u32, offset u16); empty slots are INVALID
 //! ```
 //!
-//! A tid is stored as block u32 + offset u16 (+ 2 pad bytes in element and chunk tuples).
-//! Vectors too long for one tuple (more than [`MAX_INLINE`] dims) continue in chunk
-//! tuples, so 16,000-dimension vectors are indexable. All integers are little-endian.
+//! A tid is stored as block u32 + offset u16. An element and its neighbour tuple always
+//! share a page; the values that do not fit beside them ([`inline_count`]) continue in
+//! chunk tuples, so 16,000-dimension vectors are indexable. All integers are little-endian.
 
 use super::Metric;
 
@@ -36,11 +37,32 @@ pub const PAGE_ROOM: usize = BLOCK_SIZE - PAGE_HEADER - SPECIAL_SIZE;
 /// Largest tuple akidb writes (leaves room for the line pointer, rounded down).
 pub const MAX_TUPLE: usize = 8000;
 
-const ELEMENT_HEADER: usize = 32;
+/// Heap rows one element can stand for (rows with identical vectors share it).
+pub const MAX_HEAP_TIDS: usize = 10;
+const ELEMENT_HEADER: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4;
 const CHUNK_HEADER: usize = 16;
-/// Most dims an element tuple holds itself; the rest go to chunk tuples.
-pub const MAX_INLINE: usize = (MAX_TUPLE - ELEMENT_HEADER) / 4;
 pub const MAX_CHUNK: usize = (MAX_TUPLE - CHUNK_HEADER) / 4;
+/// Neighbour tuples stay under this size (it bounds the levels for large m).
+const MAX_NEIGHBORS_TUPLE: usize = 4000;
+
+/// The highest level a node may have for `m` (its neighbour tuple must fit a page
+/// beside its element).
+pub fn max_level(m: usize) -> u8 {
+    let slots = (MAX_NEIGHBORS_TUPLE - 4) / 6;
+    ((slots / m.max(1)).saturating_sub(2)).min(super::MAX_LEVEL as usize) as u8
+}
+
+fn maxalign_room(len: usize) -> usize {
+    (len + 7) / 8 * 8 + LINE_POINTER
+}
+
+/// How many of `dims` values an element of `level` holds itself, so that it and its
+/// neighbour tuple fit one page; the rest go to chunk tuples.
+pub fn inline_count(dims: usize, level: u8, m: usize) -> usize {
+    let left = PAGE_ROOM - maxalign_room(neighbors_size(level, m)) - LINE_POINTER - ELEMENT_HEADER;
+    let fit = (left / 8 * 8) / 4;
+    dims.min(fit).min((MAX_TUPLE - ELEMENT_HEADER) / 4)
+}
 
 pub const KIND_ELEMENT: u8 = 1;
 pub const KIND_NEIGHBORS: u8 = 2;
@@ -163,26 +185,26 @@ pub fn decode_opaque(b: &[u8]) -> Option<u16> {
     (b.len() >= 4 && u16::from_le_bytes([b[0], b[1]]) == PAGE_MAGIC).then(|| u16::from_le_bytes([b[2], b[3]]))
 }
 
-/// An element: one indexed heap row.
+/// An element: one indexed vector and the heap rows that hold it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
     pub level: u8,
     pub deleted: bool,
-    pub heap_tid: Tid,
+    pub heap_tids: Vec<Tid>,
     pub neighbors: Tid,
     pub next_chunk: Tid,
     pub dims: u16,
-    /// The first `min(dims, MAX_INLINE)` values.
+    /// The first [`inline_count`] values.
     pub inline: Vec<f32>,
 }
 
-pub fn element_size(dims: usize) -> usize {
-    ELEMENT_HEADER + 4 * dims.min(MAX_INLINE)
+pub fn element_size(inline: usize) -> usize {
+    ELEMENT_HEADER + 4 * inline
 }
 
-/// Sizes of the chunk tuples a vector of `dims` needs after its element tuple.
-pub fn chunk_sizes(dims: usize) -> Vec<usize> {
-    let mut rest = dims.saturating_sub(MAX_INLINE);
+/// Sizes of the chunk tuples for the values after the first `inline` of `dims`.
+pub fn chunk_sizes(dims: usize, inline: usize) -> Vec<usize> {
+    let mut rest = dims.saturating_sub(inline);
     let mut out = Vec::new();
     while rest > 0 {
         let n = rest.min(MAX_CHUNK);
@@ -206,11 +228,15 @@ impl Element {
         b[0] = KIND_ELEMENT;
         b[1] = self.level;
         b[2] = self.deleted as u8;
-        self.heap_tid.put(&mut b[4..10]);
-        self.neighbors.put(&mut b[12..18]);
-        self.next_chunk.put(&mut b[20..26]);
-        b[28..30].copy_from_slice(&(self.inline.len() as u16).to_le_bytes());
-        b[30..32].copy_from_slice(&self.dims.to_le_bytes());
+        b[3] = self.heap_tids.len().min(MAX_HEAP_TIDS) as u8;
+        for i in 0..MAX_HEAP_TIDS {
+            self.heap_tids.get(i).copied().unwrap_or(Tid::INVALID).put(&mut b[4 + 6 * i..10 + 6 * i]);
+        }
+        let h = 4 + 6 * MAX_HEAP_TIDS;
+        self.neighbors.put(&mut b[h..h + 6]);
+        self.next_chunk.put(&mut b[h + 6..h + 12]);
+        b[h + 12..h + 14].copy_from_slice(&(self.inline.len() as u16).to_le_bytes());
+        b[h + 14..h + 16].copy_from_slice(&self.dims.to_le_bytes());
         for (i, v) in self.inline.iter().enumerate() {
             b[ELEMENT_HEADER + 4 * i..ELEMENT_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
         }
@@ -225,24 +251,25 @@ impl Element {
         if b[0] != KIND_ELEMENT {
             return Err(FormatError::BadKind { expected: KIND_ELEMENT, found: b[0] });
         }
-        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
-        if b.len() < ELEMENT_HEADER + 4 * inline {
+        let h = 4 + 6 * MAX_HEAP_TIDS;
+        let inline = u16::from_le_bytes([b[h + 12], b[h + 13]]) as usize;
+        if b.len() < ELEMENT_HEADER + 4 * inline || b[3] as usize > MAX_HEAP_TIDS {
             return Err(FormatError::Truncated("element"));
         }
         Ok(Element {
             level: b[1],
             deleted: b[2] != 0,
-            heap_tid: Tid::get(&b[4..10]),
-            neighbors: Tid::get(&b[12..18]),
-            next_chunk: Tid::get(&b[20..26]),
-            dims: u16::from_le_bytes([b[30], b[31]]),
+            heap_tids: (0..b[3] as usize).map(|i| Tid::get(&b[4 + 6 * i..10 + 6 * i])).collect(),
+            neighbors: Tid::get(&b[h..h + 6]),
+            next_chunk: Tid::get(&b[h + 6..h + 12]),
+            dims: u16::from_le_bytes([b[h + 14], b[h + 15]]),
             inline: Vec::new(),
         })
     }
 
     pub fn decode(b: &[u8]) -> Result<Element, FormatError> {
         let mut e = Element::decode_header(b)?;
-        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
+        let inline = inline_len(b);
         e.inline = read_f32s(&b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline]);
         Ok(e)
     }
@@ -250,15 +277,33 @@ impl Element {
     /// Appends the element's inline values to `out` without decoding the rest.
     pub fn read_inline(b: &[u8], out: &mut Vec<f32>) -> Result<Tid, FormatError> {
         let e = Element::decode_header(b)?;
-        let inline = u16::from_le_bytes([b[28], b[29]]) as usize;
+        let inline = inline_len(b);
         out.extend(b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
         Ok(e.next_chunk)
     }
 }
 
+fn inline_len(b: &[u8]) -> usize {
+    let h = 4 + 6 * MAX_HEAP_TIDS;
+    u16::from_le_bytes([b[h + 12], b[h + 13]]) as usize
+}
+
 /// Marks an encoded element deleted, in place.
 pub fn set_deleted(b: &mut [u8]) {
     b[2] = 1;
+}
+
+/// Rewrites an encoded element's heap tids in place (VACUUM drops dead ones, an insert of
+/// an identical vector adds one); false if there is no room.
+pub fn set_heap_tids(b: &mut [u8], tids: &[Tid]) -> bool {
+    if tids.len() > MAX_HEAP_TIDS {
+        return false;
+    }
+    b[3] = tids.len() as u8;
+    for i in 0..MAX_HEAP_TIDS {
+        tids.get(i).copied().unwrap_or(Tid::INVALID).put(&mut b[4 + 6 * i..10 + 6 * i]);
+    }
+    true
 }
 
 fn read_f32s(b: &[u8]) -> Vec<f32> {
@@ -400,7 +445,7 @@ mod tests {
         let e = Element {
             level: 2,
             deleted: false,
-            heap_tid: Tid { block: 1, offset: 2 },
+            heap_tids: vec![Tid { block: 1, offset: 2 }, Tid { block: 5, offset: 6 }],
             neighbors: Tid { block: 3, offset: 4 },
             next_chunk: Tid::INVALID,
             dims: 3,
@@ -411,6 +456,9 @@ mod tests {
         assert_eq!(Element::decode(&b).unwrap(), e);
         set_deleted(&mut b);
         assert!(Element::decode_header(&b).unwrap().deleted);
+        assert!(set_heap_tids(&mut b, &[Tid { block: 7, offset: 7 }]));
+        assert_eq!(Element::decode(&b).unwrap().heap_tids, vec![Tid { block: 7, offset: 7 }]);
+        assert!(!set_heap_tids(&mut b, &[Tid { block: 1, offset: 1 }; 11]));
 
         let lists = vec![vec![Tid { block: 1, offset: 1 }], vec![], vec![Tid { block: 9, offset: 2 }, Tid { block: 9, offset: 3 }]];
         let nb = encode_neighbors(2, 4, &lists);
@@ -430,23 +478,36 @@ mod tests {
     }
 
     #[test]
-    fn long_vectors_split_into_chunks_that_fit() {
-        assert!(chunk_sizes(MAX_INLINE).is_empty());
-        let sizes = chunk_sizes(16_000);
-        let stored: usize = MAX_INLINE + sizes.iter().map(|s| (s - CHUNK_HEADER) / 4).sum::<usize>();
-        assert_eq!(stored, 16_000);
-        assert!(sizes.iter().all(|&s| s <= MAX_TUPLE) && element_size(16_000) <= MAX_TUPLE);
+    fn an_element_and_its_neighbours_always_share_a_page() {
+        for m in [2usize, 16, 48, 100] {
+            let top = max_level(m);
+            assert!(neighbors_size(top, m) <= MAX_NEIGHBORS_TUPLE, "m {m}");
+            for level in 0..=top {
+                for dims in [1usize, 3, 784, 1024, 2560, 4096, 16_000] {
+                    let inline = inline_count(dims, level, m);
+                    let mut p = PagePlanner::new(1);
+                    assert!(p.fits(&[element_size(inline), neighbors_size(level, m)]), "m {m} level {level} dims {dims}");
+                    let chunks = chunk_sizes(dims, inline);
+                    let stored = inline + chunks.iter().map(|s| (s - CHUNK_HEADER) / 4).sum::<usize>();
+                    assert_eq!(stored, dims);
+                    assert!(chunks.iter().all(|&s| s <= MAX_TUPLE));
+                    let _ = p.place(1);
+                }
+            }
+        }
+        // 784 dims (fashion-mnist) and 1,024 (Qwen3-0.6B) need no chunk at m = 16.
+        assert_eq!(inline_count(1024, 0, 16), 1024);
     }
 
     #[test]
     fn planner_matches_page_arithmetic() {
         let mut p = PagePlanner::new(1);
-        // Two 3,168-byte elements with 196-byte neighbour tuples fit; a third does not.
+        // Two 3,216-byte elements with 196-byte neighbour tuples fit; a third does not.
         for i in 0..2u16 {
-            assert_eq!(p.place(3168), Tid { block: 1, offset: 2 * i + 1 });
+            assert_eq!(p.place(3216), Tid { block: 1, offset: 2 * i + 1 });
             assert_eq!(p.place(196), Tid { block: 1, offset: 2 * i + 2 });
         }
-        assert!(!p.fits(&[3168, 196]));
-        assert_eq!(p.place(3168).block, 2);
+        assert!(!p.fits(&[3216, 196]));
+        assert_eq!(p.place(3216).block, 2);
     }
 }

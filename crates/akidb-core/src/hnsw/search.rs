@@ -147,13 +147,25 @@ pub fn select_neighbors(
     let mut sorted: Vec<Candidate> = candidates.to_vec();
     sorted.sort();
     let mut kept: Vec<Candidate> = Vec::with_capacity(max);
+    let mut twins: Vec<Candidate> = Vec::new();
     for c in sorted {
         if kept.len() >= max {
             break;
         }
         if kept.iter().all(|k| between(c.node, k.node) > c.distance) {
             kept.push(c);
+        } else if c.distance == 0.0 {
+            twins.push(c);
         }
+    }
+    // Exact duplicates of the base (distance 0) are pruned by the rule above, since they
+    // are also at distance 0 from each other; keep them in the free slots, or a cluster of
+    // identical vectors ends up linked in a thin chain that searches cannot get through.
+    for t in twins {
+        if kept.len() >= max {
+            break;
+        }
+        kept.push(t);
     }
     kept
 }
