@@ -60,16 +60,19 @@ struct Stats {
 fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     let mut stats = Stats::default();
     let mut problems = Vec::new();
-    // SAFETY: opens the index with a lock that keeps writers out while we walk it.
-    let index = unsafe { pg_sys::index_open(oid, pg_sys::ShareLock as i32) };
-    struct Close(pg_sys::Relation);
+    // A lock that keeps writers out while we walk it; on a standby (read-only, writers
+    // are WAL replay) only AccessShareLock may be taken.
+    // SAFETY: plain calls; the index is closed by the guard below.
+    let lock = if unsafe { pg_sys::RecoveryInProgress() } { pg_sys::AccessShareLock } else { pg_sys::ShareLock } as i32;
+    let index = unsafe { pg_sys::index_open(oid, lock) };
+    struct Close(pg_sys::Relation, i32);
     impl Drop for Close {
         fn drop(&mut self) {
             // SAFETY: opened above.
-            unsafe { pg_sys::index_close(self.0, pg_sys::ShareLock as i32) };
+            unsafe { pg_sys::index_close(self.0, self.1) };
         }
     }
-    let _close = Close(index);
+    let _close = Close(index, lock);
     let n = nblocks(index);
     stats.pages = n as i64;
     if n == 0 {

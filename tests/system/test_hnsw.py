@@ -1,0 +1,287 @@
+"""akidb_hnsw in real servers: recall on fashion-mnist and on 2,560/4,096-dimension data,
+kill -9 during inserts, CREATE INDEX and VACUUM, a streaming standby, and concurrent
+writers, readers and VACUUM."""
+import gzip
+import os
+import random
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cluster import PGBIN, Cluster, as_postgres
+from conftest import connect
+
+MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def vec_text(v):
+    return "[" + ",".join(repr(float(x)) for x in v) + "]"
+
+
+def load_idx(path, n):
+    with gzip.open(path) as f:
+        f.read(16)
+        return np.frombuffer(f.read(n * 784), dtype=np.uint8).reshape(n, 784).astype(np.float32)
+
+
+def fill(conn, table, rows, start_id=0):
+    with conn.cursor().copy(f"COPY {table} (id, v) FROM STDIN") as cp:
+        for i, v in enumerate(rows):
+            cp.write_row((start_id + i, vec_text(v)))
+
+
+def recall(conn, table, base_ids, base, queries, k=10):
+    """Recall@k of the index against brute force over the rows in base_ids."""
+    hits = 0
+    for q in queries:
+        d = ((base - q) ** 2).sum(1)
+        truth = set(base_ids[np.argsort(d)[:k]].tolist())
+        got = [r[0] for r in conn.execute(f"SELECT id FROM {table} ORDER BY v <-> %s LIMIT {k}", (vec_text(q),))]
+        hits += len(truth & set(got))
+    return hits / (k * len(queries))
+
+
+def test_recall_fashion_mnist_after_build_inserts_and_vacuum():
+    base_all = load_idx(f"{MNIST}/train-images-idx3-ubyte.gz", 11000)
+    queries = load_idx(f"{MNIST}/t10k-images-idx3-ubyte.gz", 100)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS fm")
+        c.execute("CREATE TABLE fm (id int PRIMARY KEY, v vector(784))")
+        fill(c, "fm", base_all[:10000])
+        c.execute("CREATE INDEX fm_idx ON fm USING akidb_hnsw (v vector_l2_ops)")
+        c.execute("SET enable_seqscan = off")
+        ids = np.arange(10000)
+        r_build = recall(c, "fm", ids, base_all[:10000], queries)
+        fill(c, "fm", base_all[10000:11000], start_id=10000)
+        ids = np.arange(11000)
+        r_insert = recall(c, "fm", ids, base_all, queries)
+        c.execute("DELETE FROM fm WHERE id % 5 = 0")
+        c.execute("VACUUM fm")
+        keep = ids[ids % 5 != 0]
+        r_vacuum = recall(c, "fm", keep, base_all[keep], queries)
+        assert c.execute("SELECT count(*) FROM akidb_hnsw_check('fm_idx'::regclass)").fetchone()[0] == 0
+        print(f"fashion-mnist recall@10: build {r_build:.3f}, +10% inserts {r_insert:.3f}, -20% + VACUUM {r_vacuum:.3f}")
+        assert r_build >= 0.95 and r_insert >= 0.93 and r_vacuum >= 0.93, (r_build, r_insert, r_vacuum)
+        c.execute("DROP TABLE fm")
+
+
+@pytest.mark.parametrize("dims", [2560, 4096])
+def test_recall_wide_vectors(dims):
+    rng = np.random.default_rng(dims)
+    centers = rng.standard_normal((40, dims)).astype(np.float32)
+    base = (centers[rng.integers(0, 40, 1500)] + 0.5 * rng.standard_normal((1500, dims))).astype(np.float32)
+    queries = (centers[rng.integers(0, 40, 30)] + 0.5 * rng.standard_normal((30, dims))).astype(np.float32)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS wide")
+        c.execute(f"CREATE TABLE wide (id int, v vector({dims}))")
+        fill(c, "wide", base[:1200])
+        c.execute("CREATE INDEX wide_idx ON wide USING akidb_hnsw (v vector_l2_ops)")
+        fill(c, "wide", base[1200:], start_id=1200)  # and some through inserts
+        c.execute("SET enable_seqscan = off")
+        r = recall(c, "wide", np.arange(1500), base, queries)
+        assert c.execute("SELECT count(*) FROM akidb_hnsw_check('wide_idx'::regclass)").fetchone()[0] == 0
+        print(f"{dims}-d recall@10: {r:.3f}")
+        assert r >= 0.95
+        c.execute("DROP TABLE wide")
+
+
+def random_rows(rng, n, dims=16):
+    return rng.standard_normal((n, dims)).astype(np.float32)
+
+
+def check_clean(conn, index):
+    problems = [r[0] for r in conn.execute("SELECT problem FROM akidb_hnsw_check(%s::regclass)", (index,))]
+    assert problems == []
+
+
+@pytest.fixture
+def crash_cluster():
+    cl = Cluster("hnsw-crash", 55391).init(max_parallel_maintenance_workers=1)
+    cl.start()
+    with cl.connect() as c:
+        c.execute("CREATE EXTENSION akidb")
+    yield cl
+    cl.stop(check=False)
+
+
+def test_kill9_during_concurrent_inserts_loses_no_committed_row(crash_cluster):
+    cl = crash_cluster
+    rng = np.random.default_rng(1)
+    with cl.connect() as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v vector(16))")
+        fill(c, "t", random_rows(rng, 2000))
+        c.execute("CREATE INDEX t_idx ON t USING akidb_hnsw (v vector_l2_ops)")
+    committed = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w):
+        r = np.random.default_rng(100 + w)
+        try:
+            with cl.connect() as c:
+                i = 0
+                while not stop.is_set():
+                    rid = 10_000 + w * 100_000 + i
+                    v = r.standard_normal(16).astype(np.float32)
+                    c.execute("INSERT INTO t VALUES (%s, %s)", (rid, vec_text(v)))
+                    with lock:
+                        committed[rid] = v
+                    i += 1
+        except Exception:  # noqa: BLE001 - the crash ends every session
+            pass
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    cl.kill9()
+    stop.set()
+    for t in threads:
+        t.join()
+    cl.start()
+    with cl.connect() as c:
+        check_clean(c, "t_idx")
+        ids = {r[0] for r in c.execute("SELECT id FROM t WHERE id >= 10000")}
+        assert set(committed) <= ids, f"{len(set(committed) - ids)} committed rows lost"
+        c.execute("SET enable_seqscan = off")
+        sample = random.Random(3).sample(sorted(committed), min(50, len(committed)))
+        for rid in sample:
+            got = c.execute("SELECT id FROM t ORDER BY v <-> %s LIMIT 1", (vec_text(committed[rid]),)).fetchone()[0]
+            assert got == rid
+        assert len(committed) > 50
+
+
+def test_kill9_during_create_index_and_during_vacuum(crash_cluster):
+    cl = crash_cluster
+    rng = np.random.default_rng(2)
+    with cl.connect() as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v vector(32))")
+        fill(c, "t", random_rows(rng, 30000, 32))
+
+    def run(sql):
+        try:
+            with cl.connect() as c:
+                c.execute(sql)
+        except Exception:  # noqa: BLE001
+            pass
+
+    th = threading.Thread(target=run, args=("CREATE INDEX t_idx ON t USING akidb_hnsw (v vector_l2_ops)",))
+    th.start()
+    time.sleep(1.0)
+    cl.kill9()
+    th.join()
+    cl.start()
+    with cl.connect() as c:
+        # The build never committed: no index, or none that is valid.
+        assert c.execute("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                         "WHERE c.relname = 't_idx' AND i.indisvalid").fetchone()[0] == 0
+        c.execute("DROP INDEX IF EXISTS t_idx")
+        c.execute("CREATE INDEX t_idx ON t USING akidb_hnsw (v vector_l2_ops)")
+        check_clean(c, "t_idx")
+        c.execute("DELETE FROM t WHERE id % 3 = 0")
+    th = threading.Thread(target=run, args=("VACUUM t",))
+    th.start()
+    time.sleep(0.7)
+    cl.kill9()
+    th.join()
+    cl.start()
+    with cl.connect() as c:
+        check_clean(c, "t_idx")
+        c.execute("SET enable_seqscan = off")
+        assert len(c.execute("SELECT id FROM t ORDER BY v <-> %s LIMIT 10", (vec_text(np.zeros(32)),)).fetchall()) == 10
+        c.execute("VACUUM t")
+        check_clean(c, "t_idx")
+        c.execute("SET akidb.hnsw_ef_search = 100")
+        got = [r[0] for r in c.execute("SELECT id FROM t ORDER BY v <-> %s LIMIT 50", (vec_text(np.ones(32)),))]
+        assert len(got) == 50 and all(i % 3 != 0 for i in got)
+
+
+def test_streaming_standby_returns_the_same_top10():
+    primary = Cluster("hnsw-primary", 55392).init(wal_level="replica", max_wal_senders=4)
+    primary.start()
+    standby = Cluster("hnsw-standby", 55393)
+    try:
+        rng = np.random.default_rng(4)
+        with primary.connect() as c:
+            c.execute("CREATE EXTENSION akidb")
+            c.execute("CREATE TABLE t (id int PRIMARY KEY, v vector(24))")
+            fill(c, "t", random_rows(rng, 3000, 24))
+            c.execute("CREATE INDEX t_idx ON t USING akidb_hnsw (v vector_cosine_ops)")
+        shutil.rmtree(standby.dir, ignore_errors=True)
+        os.makedirs(standby.dir)
+        os.chmod(standby.dir, 0o755)
+        shutil.chown(standby.dir, "postgres", "postgres")
+        as_postgres(f"{PGBIN}/pg_basebackup", "-D", standby.data, "-h", primary.dir, "-p", str(primary.port),
+                    "-U", "postgres", "-R", "-X", "stream")
+        standby.start()
+        with primary.connect() as c:
+            # 10k inserts and deletes after the base backup, through WAL only.
+            fill(c, "t", random_rows(rng, 8000, 24), start_id=3000)
+            c.execute("DELETE FROM t WHERE id % 7 = 0")
+            c.execute("VACUUM t")
+            fill(c, "t", random_rows(rng, 2000, 24), start_id=11000)
+            lsn = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        with standby.connect() as s:
+            deadline = time.time() + 60
+            while s.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0] is not True:
+                assert time.time() < deadline, "standby did not catch up"
+                time.sleep(0.2)
+            check_clean(s, "t_idx")
+            queries = random_rows(np.random.default_rng(5), 100, 24)
+            with primary.connect() as c:
+                c.execute("SET enable_seqscan = off")
+                s.execute("SET enable_seqscan = off")
+                for q in queries:
+                    sql = "SELECT id FROM t ORDER BY v <=> %s LIMIT 10"
+                    assert [r[0] for r in c.execute(sql, (vec_text(q),))] == [r[0] for r in s.execute(sql, (vec_text(q),))]
+    finally:
+        standby.stop(check=False)
+        primary.stop(check=False)
+
+
+def test_concurrent_writers_readers_and_vacuum():
+    rng = np.random.default_rng(6)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS conc")
+        c.execute("CREATE TABLE conc (id serial PRIMARY KEY, v vector(8))")
+        c.execute("INSERT INTO conc (v) SELECT ARRAY[random(),random(),random(),random(),random(),random(),random(),random()]::real[]::vector FROM generate_series(1, 3000)")
+        c.execute("CREATE INDEX conc_idx ON conc USING akidb_hnsw (v vector_l2_ops)")
+    errors, stop = [], threading.Event()
+
+    def loop(body):
+        try:
+            with connect() as c:
+                c.execute("SET enable_seqscan = off")
+                while not stop.is_set():
+                    body(c)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    def write(c):
+        c.execute("INSERT INTO conc (v) SELECT ARRAY[random(),random(),random(),random(),random(),random(),random(),random()]::real[]::vector FROM generate_series(1, 20)")
+        c.execute("DELETE FROM conc WHERE id IN (SELECT id FROM conc ORDER BY random() LIMIT 10)")
+
+    def read(c):
+        rows = c.execute("SELECT id FROM conc ORDER BY v <-> %s LIMIT 10", (vec_text(rng.random(8)),)).fetchall()
+        assert len(rows) == 10
+
+    def vacuum(c):
+        c.execute("VACUUM conc")
+        time.sleep(0.5)
+
+    threads = [threading.Thread(target=loop, args=(f,)) for f in [write, write, write, read, read, vacuum]]
+    for t in threads:
+        t.start()
+    time.sleep(15)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with connect() as c:
+        check_clean(c, "conc_idx")
+        c.execute("VACUUM conc")
+        check_clean(c, "conc_idx")
+        c.execute("DROP TABLE conc")
