@@ -47,7 +47,7 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
     let m = meta.m as usize;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m).min(format::max_level(m));
-    let mut g = DiskGraph::new(index, m, metric);
+    let mut g = DiskGraph::new(index, m, metric, true);
     let mut lists: Vec<Vec<Tid>> = vec![Vec::new(); level as usize + 1];
     if meta.entry.is_valid() {
         let start = Candidate { distance: g.distance(v, meta.entry.node()), node: meta.entry.node() };

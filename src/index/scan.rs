@@ -64,7 +64,7 @@ fn search(index: pg_sys::Relation, st: &mut ScanState) {
         st.exhausted = true;
         return;
     }
-    let mut g = DiskGraph::new(index, meta.m as usize, meta.metric);
+    let mut g = DiskGraph::new(index, meta.m as usize, meta.metric, false);
     let mut visited: HashSet<u64> = HashSet::new();
     let found = knn(&mut g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
     let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;

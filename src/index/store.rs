@@ -1,8 +1,11 @@
 //! The graph on disk, as [`GraphStore`] for the core search: elements and neighbour
 //! lists read through the buffer manager, one share-locked buffer at a time, and cached
-//! for the life of one search or insert.
+//! for the life of one search or insert. A scan computes distances on the page itself
+//! (no copy of the vector); inserts and VACUUM keep the vectors, which their neighbour
+//! selection compares with each other.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use akidb_core::hnsw::format::{self, Element, Tid};
 use akidb_core::hnsw::search::{GraphStore, NodeId};
@@ -17,100 +20,181 @@ pub struct Node {
     pub deleted: bool,
     pub heap_tids: Vec<Tid>,
     pub neighbors: Tid,
+    /// Empty unless the graph keeps vectors.
     pub vector: Vec<f32>,
     /// The neighbour tuple, when it sat on the element's page.
     neighbor_bytes: Option<Vec<u8>>,
+    /// Distance to the search's query, when computed on the page.
+    distance: f32,
 }
+
+/// A multiplicative hash for item pointers (the default SipHash showed in profiles).
+#[derive(Default)]
+pub struct TidHasher(u64);
+
+impl Hasher for TidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+}
+
+pub type TidMap<V> = HashMap<Tid, V, BuildHasherDefault<TidHasher>>;
 
 pub struct DiskGraph {
     pub rel: pg_sys::Relation,
     pub m: usize,
     pub metric: Metric,
-    nodes: HashMap<Tid, Option<Node>>,
-    pub reads: usize,
+    keep_vectors: bool,
+    nodes: TidMap<Option<Node>>,
 }
 
 fn corrupted(what: String) -> ! {
     ereport!(ERROR, PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("akidb_hnsw index is corrupted: {what}"), "REINDEX the index.");
 }
 
+/// Little-endian f32s in page bytes, without a copy when aligned (they always are:
+/// items are MAXALIGNed and the value offsets are multiples of 4).
+fn floats(bytes: &[u8], scratch: &mut Vec<f32>) -> *const [f32] {
+    if bytes.as_ptr().align_offset(4) == 0 && cfg!(target_endian = "little") {
+        // SAFETY: aligned, in bounds, and any bit pattern is an f32.
+        std::ptr::slice_from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4)
+    } else {
+        scratch.clear();
+        scratch.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+        scratch.as_slice() as *const [f32]
+    }
+}
+
 impl DiskGraph {
-    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        DiskGraph { rel, m, metric, nodes: HashMap::new(), reads: 0 }
+    /// `keep_vectors`: inserts and VACUUM need the vectors; scans only distances.
+    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric, keep_vectors: bool) -> Self {
+        DiskGraph { rel, m, metric, keep_vectors, nodes: TidMap::default() }
+    }
+
+    /// The element at `tid` (None if the slot holds no element). With `query`, its
+    /// distance to it is computed on the page as it is read.
+    fn load(&mut self, tid: Tid, query: Option<&[f32]>) -> Option<Node> {
+        if !tid.is_valid() {
+            return None;
+        }
+        let metric = self.metric;
+        let mut scratch = Vec::new();
+        let (mut node, mut next, mut sum, mut done) = {
+            let b = Locked::read(self.rel, tid.block, false);
+            let page = b.page();
+            let item = page.item(tid.offset)?;
+            let header = Element::decode_header(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+            let values = format::inline_values(item);
+            let mut vector = Vec::new();
+            let mut sum = 0.0f32;
+            if self.keep_vectors {
+                vector.reserve(header.dims as usize);
+                Element::read_inline(item, &mut vector).unwrap_or_else(|e| corrupted(e.to_string()));
+            }
+            if let Some(q) = query {
+                // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
+                let v = unsafe { &*floats(values, &mut scratch) };
+                sum = metric.partial(&q[..v.len().min(q.len())], &v[..v.len().min(q.len())]);
+            }
+            let nb = (header.neighbors.block == tid.block).then(|| page.item(header.neighbors.offset).map(|s| s.to_vec())).flatten();
+            let node = Node {
+                level: header.level,
+                deleted: header.deleted,
+                heap_tids: header.heap_tids,
+                neighbors: header.neighbors,
+                vector,
+                neighbor_bytes: nb,
+                distance: f32::INFINITY,
+            };
+            (node, header.next_chunk, sum, values.len() / 4)
+        };
+        while next.is_valid() {
+            let b = Locked::read(self.rel, next.block, false);
+            let page = b.page();
+            let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
+            let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
+            if self.keep_vectors {
+                format::read_chunk(item, &mut node.vector).unwrap_or_else(|e| corrupted(e.to_string()));
+            }
+            if let Some(q) = query {
+                // SAFETY: as above.
+                let v = unsafe { &*floats(values, &mut scratch) };
+                let end = (done + v.len()).min(q.len());
+                if done < end {
+                    sum += metric.partial(&q[done..end], &v[..end - done]);
+                }
+            }
+            done += values.len() / 4;
+            next = after;
+        }
+        if let Some(q) = query {
+            if done != q.len() {
+                corrupted(format!("element ({}, {}) holds {done} values, the index has {}", tid.block, tid.offset, q.len()));
+            }
+            node.distance = metric.finish(sum);
+        }
+        Some(node)
     }
 
     /// The element at `tid` (None if the slot holds no element).
     pub fn node(&mut self, tid: Tid) -> Option<&Node> {
         if !self.nodes.contains_key(&tid) {
-            let n = self.load(tid);
+            let n = self.load(tid, None);
             self.nodes.insert(tid, n);
         }
         self.nodes.get(&tid).and_then(|n| n.as_ref())
     }
 
-    /// Forgets cached nodes (their lists may have changed under us).
-    pub fn forget(&mut self, tid: Tid) {
-        self.nodes.remove(&tid);
-    }
-
-    fn load(&mut self, tid: Tid) -> Option<Node> {
-        if !tid.is_valid() {
-            return None;
-        }
-        self.reads += 1;
-        let (mut vector, header, neighbor_bytes) = {
-            let b = Locked::read(self.rel, tid.block, false);
-            let page = b.page();
-            let item = page.item(tid.offset)?;
-            let header = Element::decode_header(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
-            let mut v = Vec::with_capacity(header.dims as usize);
-            Element::read_inline(item, &mut v).unwrap_or_else(|e| corrupted(e.to_string()));
-            let nb = (header.neighbors.block == tid.block).then(|| page.item(header.neighbors.offset).map(|s| s.to_vec())).flatten();
-            (v, header, nb)
-        };
-        let mut next = header.next_chunk;
-        while next.is_valid() {
-            let b = Locked::read(self.rel, next.block, false);
-            let page = b.page();
-            let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
-            next = format::read_chunk(item, &mut vector).unwrap_or_else(|e| corrupted(e.to_string()));
-        }
-        if vector.len() != header.dims as usize {
-            corrupted(format!("element ({}, {}) holds {} of {} values", tid.block, tid.offset, vector.len(), header.dims));
-        }
-        Some(Node { level: header.level, deleted: header.deleted, heap_tids: header.heap_tids, neighbors: header.neighbors, vector, neighbor_bytes })
-    }
-
     /// The neighbours of `tid` on `level`.
     pub fn neighbor_list(&mut self, tid: Tid, level: u8) -> Vec<Tid> {
         let m = self.m;
-        let (ntid, cached) = match self.node(tid) {
-            Some(n) => (n.neighbors, n.neighbor_bytes.clone()),
-            None => return Vec::new(),
-        };
-        let bytes = match cached {
-            Some(b) => b,
-            None => {
-                let b = Locked::read(self.rel, ntid.block, false);
-                match b.page().item(ntid.offset) {
-                    Some(s) => s.to_vec(),
-                    None => corrupted(format!("missing neighbour tuple ({}, {})", ntid.block, ntid.offset)),
-                }
-            }
-        };
         let mut out = Vec::new();
-        format::neighbors_on(&bytes, m, level, &mut out).unwrap_or_else(|e| corrupted(e.to_string()));
+        let Some(n) = self.node(tid) else { return out };
+        let ntid = n.neighbors;
+        if let Some(bytes) = &n.neighbor_bytes {
+            format::neighbors_on(bytes, m, level, &mut out).unwrap_or_else(|e| corrupted(e.to_string()));
+            return out;
+        }
+        let b = Locked::read(self.rel, ntid.block, false);
+        match b.page().item(ntid.offset) {
+            Some(bytes) => format::neighbors_on(bytes, m, level, &mut out).unwrap_or_else(|e| corrupted(e.to_string())),
+            None => corrupted(format!("missing neighbour tuple ({}, {})", ntid.block, ntid.offset)),
+        }
         out
     }
 }
 
 impl GraphStore for DiskGraph {
     fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
-        let metric = self.metric;
-        match self.node(Tid::from_node(node)) {
-            Some(n) => metric.distance(query, &n.vector),
-            None => f32::INFINITY,
+        let tid = Tid::from_node(node);
+        if self.keep_vectors {
+            let metric = self.metric;
+            return match self.node(tid) {
+                Some(n) => metric.distance(query, &n.vector),
+                None => f32::INFINITY,
+            };
         }
+        if let Some(n) = self.nodes.get(&tid) {
+            return n.as_ref().map_or(f32::INFINITY, |n| n.distance);
+        }
+        let n = self.load(tid, Some(query));
+        let d = n.as_ref().map_or(f32::INFINITY, |n| n.distance);
+        self.nodes.insert(tid, n);
+        d
     }
 
     fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {

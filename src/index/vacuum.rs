@@ -127,7 +127,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         }
         super::vacuum_delay();
         for _attempt in 0..5 {
-            let mut g = DiskGraph::new(index, m, metric);
+            let mut g = DiskGraph::new(index, m, metric, true);
             let Some((ntid, base)) = g.node(tid).map(|n| (n.neighbors, n.vector.clone())) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
             let Some(own_level) = format::neighbors_level(&before) else { break };

@@ -283,6 +283,24 @@ impl Element {
     }
 }
 
+/// The byte range of an element's inline values within its tuple.
+pub fn inline_values(b: &[u8]) -> &[u8] {
+    let n = inline_len(b);
+    &b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * n]
+}
+
+/// A chunk's values (bytes) and the next chunk.
+pub fn chunk_values(b: &[u8]) -> Result<(&[u8], Tid), FormatError> {
+    if b.len() < CHUNK_HEADER || b[0] != KIND_CHUNK {
+        return Err(FormatError::BadKind { expected: KIND_CHUNK, found: b.first().copied().unwrap_or(0) });
+    }
+    let n = u16::from_le_bytes([b[12], b[13]]) as usize;
+    if b.len() < CHUNK_HEADER + 4 * n {
+        return Err(FormatError::Truncated("chunk"));
+    }
+    Ok((&b[CHUNK_HEADER..CHUNK_HEADER + 4 * n], Tid::get(&b[4..10])))
+}
+
 fn inline_len(b: &[u8]) -> usize {
     let h = 4 + 6 * MAX_HEAP_TIDS;
     u16::from_le_bytes([b[h + 12], b[h + 13]]) as usize

@@ -54,6 +54,28 @@ impl Metric {
         }
     }
 
+    /// The additive part of the distance over a slice of the dimensions: a long vector's
+    /// distance is [`Metric::finish`] of the sum of its parts' (every metric here is a
+    /// sum over dimensions), so a vector split across tuples needs no copy.
+    #[inline]
+    pub fn partial(self, a: &[f32], b: &[f32]) -> f32 {
+        let k = kernels();
+        match self {
+            Metric::L2 => (k.l2_squared)(a, b),
+            Metric::InnerProduct | Metric::Cosine => (k.dot)(a, b),
+            Metric::L1 => (k.l1)(a, b),
+        }
+    }
+
+    #[inline]
+    pub fn finish(self, sum: f32) -> f32 {
+        match self {
+            Metric::L2 | Metric::L1 => sum,
+            Metric::InnerProduct => -sum,
+            Metric::Cosine => 1.0 - sum,
+        }
+    }
+
     /// Turns a vector into what the index stores and compares: unit length for cosine.
     /// Returns false for a vector the index must not hold (zero vector under cosine).
     pub fn prepare(self, v: &mut [f32]) -> bool {
@@ -116,6 +138,17 @@ mod tests {
         // P(level >= 1) = 1/16 for m = 16.
         let above = n as usize - counts[0];
         assert!((above as f64 / n as f64 - 1.0 / 16.0).abs() < 0.005, "{counts:?}");
+    }
+
+    #[test]
+    fn distances_add_up_over_parts() {
+        let a: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..100).map(|i| (i as f32 * 0.11).cos()).collect();
+        for m in [Metric::L2, Metric::InnerProduct, Metric::Cosine, Metric::L1] {
+            let whole = m.distance(&a, &b);
+            let parts = m.finish(m.partial(&a[..37], &b[..37]) + m.partial(&a[37..], &b[37..]));
+            assert!((whole - parts).abs() < 1e-4, "{m:?}: {whole} vs {parts}");
+        }
     }
 
     #[test]
