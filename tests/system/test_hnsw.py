@@ -285,3 +285,51 @@ def test_concurrent_writers_readers_and_vacuum():
         c.execute("VACUUM conc")
         check_clean(c, "conc_idx")
         c.execute("DROP TABLE conc")
+
+
+def test_build_reports_progress_and_survives_a_small_maintenance_work_mem():
+    rng = np.random.default_rng(7)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS prog")
+        c.execute("CREATE TABLE prog (id int, v vector(64))")
+        fill(c, "prog", random_rows(rng, 40000, 64))
+    seen = []
+    done = threading.Event()
+
+    def build():
+        with connect() as c:
+            c.execute("CREATE INDEX prog_idx ON prog USING akidb_hnsw (v vector_l2_ops)")
+        done.set()
+
+    th = threading.Thread(target=build)
+    th.start()
+    with connect() as watcher:
+        while not done.is_set():
+            seen += watcher.execute("SELECT phase, tuples_total, tuples_done FROM pg_stat_progress_create_index "
+                                    "WHERE relid = 'prog'::regclass").fetchall()
+            time.sleep(0.02)
+    th.join()
+    phases = {p for p, _, _ in seen}
+    assert any("building graph" in p for p in phases), phases
+    assert any(total == 40000 and 0 < d <= 40000 for p, total, d in seen if "building graph" in p)
+    # 1 MB of maintenance_work_mem holds about 2,000 of these rows: the rest are inserted
+    # one by one, with a NOTICE, and the index is as good as one built in memory.
+    with connect() as c:
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        c.execute("DELETE FROM prog WHERE id >= 6000")
+        c.execute("REINDEX INDEX prog_idx")
+        c.execute("SET enable_seqscan = off")
+        base = np.array([[float(x) for x in r[0].strip("[]").split(",")] for r in
+                         c.execute("SELECT v::text FROM prog ORDER BY id")], dtype=np.float32)
+        queries = random_rows(np.random.default_rng(8), 30, 64)
+        in_memory = recall(c, "prog", np.arange(6000), base, queries)
+        c.execute("DROP INDEX prog_idx")
+        c.execute("SET maintenance_work_mem = '1MB'")
+        c.execute("CREATE INDEX prog_idx ON prog USING akidb_hnsw (v vector_l2_ops)")
+        assert any("no longer fits into maintenance_work_mem" in n for n in notices), notices
+        check_clean(c, "prog_idx")
+        assert c.execute("SELECT heap_tids FROM akidb_hnsw_info('prog_idx'::regclass)").fetchone()[0] == 6000
+        r = recall(c, "prog", np.arange(6000), base, queries)
+        assert r >= in_memory - 0.05, (r, in_memory)
+        c.execute("DROP TABLE prog")
