@@ -272,6 +272,23 @@ fn log_all(index: pg_sys::Relation) {
     }
 }
 
+/// A new block 0 of `fork` holding the metapage of an empty index (locked, not yet dirty).
+fn empty_metapage(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metric: Metric, dims: usize, params: Params) -> Locked {
+    let b = Locked::extend(index, fork);
+    let page = b.page();
+    page.init(PAGE_META);
+    page.set_meta(&Meta {
+        dims: dims as u32,
+        m: params.m as u16,
+        ef_construction: params.ef_construction as u16,
+        metric,
+        entry: Tid::INVALID,
+        entry_level: 0,
+        insert_block: META_BLOCK + 1,
+    });
+    b
+}
+
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuild(
     heap: pg_sys::Relation,
@@ -286,18 +303,8 @@ pub unsafe extern "C-unwind" fn ambuild(
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     // The metapage is block 0, written for real at the end of the in-memory build.
     {
-        let b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
-        let page = b.page();
-        page.init(PAGE_META);
-        page.set_meta(&Meta {
-            dims: dims as u32,
-            m: params.m as u16,
-            ef_construction: params.ef_construction as u16,
-            metric,
-            entry: Tid::INVALID,
-            entry_level: 0,
-            insert_block: META_BLOCK + 1,
-        });
+        let b = empty_metapage(index, pg_sys::ForkNumber::MAIN_FORKNUM, metric, dims, params);
+        // SAFETY: exclusively locked.
         unsafe { pg_sys::MarkBufferDirty(b.buf) };
     }
     let mut st = State {
@@ -339,18 +346,7 @@ pub unsafe extern "C-unwind" fn ambuild(
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
     let (metric, dims, params) = (metric(index), dimensions(index), params(index));
-    let b = Locked::extend(index, pg_sys::ForkNumber::INIT_FORKNUM);
-    let page = b.page();
-    page.init(PAGE_META);
-    page.set_meta(&Meta {
-        dims: dims as u32,
-        m: params.m as u16,
-        ef_construction: params.ef_construction as u16,
-        metric,
-        entry: Tid::INVALID,
-        entry_level: 0,
-        insert_block: META_BLOCK + 1,
-    });
+    let b = empty_metapage(index, pg_sys::ForkNumber::INIT_FORKNUM, metric, dims, params);
     // SAFETY: exclusively locked; log_newpage_buffer writes its full image.
     unsafe {
         pg_sys::MarkBufferDirty(b.buf);

@@ -214,14 +214,7 @@ pub fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid
     for _attempt in 0..5 {
         let Some((ntid, base)) = g.node(node).map(|n| (n.neighbors, n.vector.clone())) else { return };
         let Some(before) = super::page::read_tuple(index, ntid) else { return };
-        let Some(own_level) = format::neighbors_level(&before) else { return };
-        let mut lists: Vec<Vec<Tid>> = (0..=own_level)
-            .map(|l| {
-                let mut out = Vec::new();
-                let _ = format::neighbors_on(&before, m, l, &mut out);
-                out
-            })
-            .collect();
+        let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { return };
         let Some(list) = lists.get_mut(level as usize) else { return };
         if list.contains(&new) {
             return;

@@ -130,14 +130,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
             let mut g = DiskGraph::new(index, m, metric, true);
             let Some((ntid, base)) = g.node(tid).map(|n| (n.neighbors, n.vector.clone())) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
-            let Some(own_level) = format::neighbors_level(&before) else { break };
-            let mut lists: Vec<Vec<Tid>> = (0..=own_level)
-                .map(|l| {
-                    let mut out = Vec::new();
-                    let _ = format::neighbors_on(&before, m, l, &mut out);
-                    out
-                })
-                .collect();
+            let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { break };
             let mut changed = false;
             for l in 0..=own_level {
                 let list = &lists[l as usize];

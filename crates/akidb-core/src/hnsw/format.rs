@@ -392,6 +392,19 @@ pub fn neighbors_on(b: &[u8], m: usize, level: u8, out: &mut Vec<Tid>) -> Result
     Ok(())
 }
 
+/// Every level's neighbours of an encoded neighbour tuple, with its level; None if the
+/// bytes are not a neighbour tuple.
+pub fn all_neighbors(b: &[u8], m: usize) -> Option<(u8, Vec<Vec<Tid>>)> {
+    let own = neighbors_level(b)?;
+    let mut lists = Vec::with_capacity(own as usize + 1);
+    for l in 0..=own {
+        let mut out = Vec::new();
+        neighbors_on(b, m, l, &mut out).ok()?;
+        lists.push(out);
+    }
+    Some((own, lists))
+}
+
 /// The level stored in an encoded neighbour tuple.
 pub fn neighbors_level(b: &[u8]) -> Option<u8> {
     (b.len() >= 4 && b[0] == KIND_NEIGHBORS).then(|| b[1])
