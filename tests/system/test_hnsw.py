@@ -62,7 +62,7 @@ def test_recall_fashion_mnist_after_build_inserts_and_vacuum():
         c.execute("VACUUM fm")
         keep = ids[ids % 5 != 0]
         r_vacuum = recall(c, "fm", keep, base_all[keep], queries)
-        assert c.execute("SELECT count(*) FROM akidb_hnsw_check('fm_idx'::regclass)").fetchone()[0] == 0
+        check_clean(c, "fm_idx")
         print(f"fashion-mnist recall@10: build {r_build:.3f}, +10% inserts {r_insert:.3f}, -20% + VACUUM {r_vacuum:.3f}")
         assert r_build >= 0.95 and r_insert >= 0.93 and r_vacuum >= 0.93, (r_build, r_insert, r_vacuum)
         c.execute("DROP TABLE fm")
@@ -82,7 +82,7 @@ def test_recall_wide_vectors(dims):
         fill(c, "wide", base[1200:], start_id=1200)  # and some through inserts
         c.execute("SET enable_seqscan = off")
         r = recall(c, "wide", np.arange(1500), base, queries)
-        assert c.execute("SELECT count(*) FROM akidb_hnsw_check('wide_idx'::regclass)").fetchone()[0] == 0
+        check_clean(c, "wide_idx")
         print(f"{dims}-d recall@10: {r:.3f}")
         assert r >= 0.95
         c.execute("DROP TABLE wide")

@@ -14,8 +14,10 @@ SELECT elements, live, heap_tids FROM akidb_hnsw_info('items_l2'::regclass);
 SET enable_seqscan = off;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY embedding <-> '[0.5,0.5,0.5]' LIMIT 5;
 -- ... and not otherwise.
+RESET enable_seqscan;
 EXPLAIN (COSTS OFF) SELECT id FROM items WHERE embedding <-> '[0.5,0.5,0.5]' < 0.1;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY embedding <=> '[0.5,0.5,0.5]' LIMIT 5;
+SET enable_seqscan = off;
 
 -- The index answers what a sequential scan answers.
 CREATE TEMP TABLE queries AS
