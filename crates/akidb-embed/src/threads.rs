@@ -1,22 +1,23 @@
 //! Threads inside a PostgreSQL backend.
 //!
-//! PostgreSQL's signal handlers must only ever run on the backend's main thread, and the
-//! main thread must stay responsive to cancel requests while long work runs. So:
-//! every thread we (or ONNX Runtime, on our behalf) start is created with all signals
-//! blocked, and long work runs on a helper thread while the calling thread waits and
-//! polls [`Interrupt::pending`], stopping the work when the caller asks.
+//! PostgreSQL's signal handlers must only ever run on the backend's main thread, and long
+//! work must stop soon after a cancel request. So every thread we (or ONNX Runtime, on
+//! our behalf) start is created with all signals blocked; inference runs on the calling
+//! thread while a watchdog thread polls [`Interrupt::pending`] and stops it
+//! ([`run_watched`]); work that cannot be stopped (a blocking HTTP call) runs on a helper
+//! thread that the caller abandons on a cancel ([`run_detached`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::error::{EmbedError, Result};
 
-/// How often the waiting thread looks for a pending cancel.
+/// How often a pending cancel is looked for.
 const POLL: Duration = Duration::from_millis(5);
 
-/// Asked on the calling thread while work runs elsewhere: should the work stop now?
+/// Should the work stop now? (Asked from the watchdog thread too, hence `Sync`.)
 pub trait Interrupt: Sync {
     fn pending(&self) -> bool;
 }
@@ -31,26 +32,6 @@ impl Interrupt for NoInterrupt {
 }
 
 pub use akidb_core::threads::with_signals_blocked;
-
-type Outcome<T> = std::thread::Result<T>;
-
-fn wait<T>(rx: &Receiver<Outcome<T>>, interrupt: &dyn Interrupt, stop: &dyn Fn()) -> Result<T> {
-    loop {
-        match rx.recv_timeout(POLL) {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            Err(RecvTimeoutError::Timeout) => {
-                if interrupt.pending() {
-                    stop();
-                    return Err(EmbedError::Cancelled);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                unreachable!("the worker always sends its outcome")
-            }
-        }
-    }
-}
 
 /// A run the watchdog looks after: lifetime-erased borrows from `run_watched`'s frame.
 struct Armed {
@@ -160,7 +141,15 @@ pub fn run_detached<T: Send + 'static>(
         })
     })
     .map_err(|e| EmbedError::Inference { model: String::new(), detail: format!("cannot start a thread: {e}") })?;
-    wait(&rx, interrupt, &|| {})
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(RecvTimeoutError::Timeout) if interrupt.pending() => return Err(EmbedError::Cancelled),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the worker always sends its outcome"),
+        }
+    }
 }
 
 #[cfg(test)]
