@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 pub mod embed;
 pub mod index;
+pub mod interrupt;
 pub mod error;
 pub mod settings;
 pub mod types;

@@ -7,7 +7,8 @@ use akidb_embed::Purpose;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use super::registry::{self, with_model, PgInterrupt};
+use super::registry::{self, with_model};
+use crate::interrupt::PgInterrupt;
 use crate::types::datum::VectorOut;
 
 fn dims_arg(dims: i32) -> Option<usize> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use akidb_embed::{
-    EmbedError, ExecutionProvider, Interrupt, LoadOptions, Model, ModelSpec, SessionOptions, TensorRtOptions,
+    EmbedError, ExecutionProvider, LoadOptions, Model, ModelSpec, SessionOptions, TensorRtOptions,
 };
 use parking_lot::Mutex;
 use pgrx::prelude::*;
@@ -17,20 +17,6 @@ use crate::settings;
 /// The models this backend has loaded. Backends are single-threaded; the lock keeps the
 /// cache sound should a helper thread ever look at it.
 static MODELS: Mutex<BTreeMap<String, Model>> = Mutex::new(BTreeMap::new());
-
-/// Cancel requests of PostgreSQL (statement_timeout, pg_cancel_backend, termination),
-/// read on the main thread while inference runs on a helper.
-pub struct PgInterrupt;
-
-impl Interrupt for PgInterrupt {
-    fn pending(&self) -> bool {
-        // SAFETY: plain reads of sig_atomic_t flags that signal handlers set.
-        unsafe {
-            std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
-                || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
-        }
-    }
-}
 
 fn install_dir(get: unsafe fn(*const std::ffi::c_char, *mut std::ffi::c_char)) -> PathBuf {
     let mut buf = [0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];

@@ -106,14 +106,6 @@ unsafe extern "C-unwind" fn build_callback(
     st.index_tuples += 1.0;
 }
 
-fn cancel_pending() -> bool {
-    // SAFETY: reads of sig_atomic_t flags.
-    unsafe {
-        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
-            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
-    }
-}
-
 /// Builds the graph of the rows collected so far (threads; this thread reports progress
 /// and watches for cancel), then writes it.
 fn flush(st: &mut State) {
@@ -138,7 +130,7 @@ fn flush(st: &mut State) {
         while !handle.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
             progress(PROGRESS_TUPLES_DONE, done.load(Ordering::Relaxed) as i64);
-            if cancel_pending() {
+            if crate::interrupt::cancel_pending() {
                 stop.store(true, Ordering::Relaxed);
             }
         }
