@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::build::{check_dims, item_tid};
-use super::page::{read_meta, Locked, Wal};
+use super::page::{read_meta, update_meta, Locked, Wal};
 use super::store::DiskGraph;
 use super::{metric, prepared_vector};
 
@@ -60,7 +60,7 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
                 .copied()
                 .filter(|c| g.node(Tid::from_node(c.node)).is_some_and(|n| !n.deleted))
                 .collect();
-            let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| between(&mut g, a, b));
+            let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
             lists[l as usize] = chosen.iter().map(|c| Tid::from_node(c.node)).collect();
             // An identical vector already in the graph takes this row too.
             if l == 0 {
@@ -76,7 +76,7 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
     let element = write_tuples(index, &meta, v, heap_tid, level, &lists);
     for (l, list) in lists.iter().enumerate() {
         for &n in list {
-            link_back(index, &mut g, n, element, v, l as u8, params.max_neighbors(l as u8));
+            link_back(index, &mut g, n, element, l as u8, params.max_neighbors(l as u8));
         }
     }
     if !meta.entry.is_valid() || level > meta.entry_level {
@@ -103,15 +103,6 @@ fn add_heap_tid(index: pg_sys::Relation, element: Tid, heap_tid: Tid) -> bool {
     false
 }
 
-fn between(g: &mut DiskGraph, a: u64, b: u64) -> f32 {
-    let metric = g.metric;
-    let va = g.node(Tid::from_node(a)).map(|n| n.vector.clone());
-    match (va, g.node(Tid::from_node(b))) {
-        (Some(va), Some(nb)) => metric.distance(&va, &nb.vector),
-        _ => f32::INFINITY,
-    }
-}
-
 /// Finds a page with `total` bytes free (the insert hint, else a new page, which then
 /// becomes the hint) and runs `write` on it under an exclusive lock.
 fn with_room(index: pg_sys::Relation, total: usize, write: &dyn Fn(&Locked, bool) -> Tid) -> Tid {
@@ -127,16 +118,13 @@ fn with_room(index: pg_sys::Relation, total: usize, write: &dyn Fn(&Locked, bool
     let at = write(&b, true);
     let block = b.block();
     drop(b);
-    let mb = Locked::read(index, META_BLOCK, true);
-    let mut wal = Wal::start(index);
-    let page = wal.page(&mb, false);
-    if let Ok(mut meta) = page.meta() {
-        if block > meta.insert_block || meta.insert_block == META_BLOCK {
+    update_meta(index, |meta| {
+        let later = block > meta.insert_block || meta.insert_block == META_BLOCK;
+        if later {
             meta.insert_block = block;
-            page.set_meta(&meta);
-            wal.finish();
         }
-    }
+        later
+    });
     at
 }
 
@@ -208,11 +196,10 @@ fn append_pair(index: pg_sys::Relation, element_len: usize, element: &dyn Fn(Tid
 /// Adds `new` to `node`'s list on `level` (pruning with the heuristic when full). The list
 /// is read, the new one computed with no lock held, and written only if nobody changed
 /// the tuple meanwhile (else retried).
-pub fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, new_vector: &[f32], level: u8, max: usize) {
+fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, level: u8, max: usize) {
     let m = g.m;
-    let metric = g.metric;
     for _attempt in 0..5 {
-        let Some((ntid, base)) = g.node(node).map(|n| (n.neighbors, n.vector.clone())) else { return };
+        let Some(ntid) = g.node(node).map(|n| n.neighbors) else { return };
         let Some(before) = super::page::read_tuple(index, ntid) else { return };
         let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { return };
         let Some(list) = lists.get_mut(level as usize) else { return };
@@ -222,19 +209,9 @@ pub fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid
         if list.len() < max {
             list.push(new);
         } else {
-            let mut cands: Vec<Candidate> = list
-                .iter()
-                .map(|&t| Candidate { distance: g.node(t).map_or(f32::INFINITY, |n| metric.distance(&base, &n.vector)), node: t.node() })
-                .collect();
-            cands.push(Candidate { distance: metric.distance(&base, new_vector), node: new.node() });
-            let kept = select_neighbors(&cands, max, |a, b| {
-                let va = if a == new.node() { Some(new_vector.to_vec()) } else { g.node(Tid::from_node(a)).map(|n| n.vector.clone()) };
-                let vb = if b == new.node() { Some(new_vector.to_vec()) } else { g.node(Tid::from_node(b)).map(|n| n.vector.clone()) };
-                match (va, vb) {
-                    (Some(x), Some(y)) => metric.distance(&x, &y),
-                    _ => f32::INFINITY,
-                }
-            });
+            let cands: Vec<Candidate> =
+                list.iter().chain([&new]).map(|&t| Candidate { distance: g.between(node, t), node: t.node() }).collect();
+            let kept = select_neighbors(&cands, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
             if !kept.iter().any(|c| c.node == new.node()) {
                 return;
             }
@@ -263,15 +240,12 @@ pub fn replace_tuple(index: pg_sys::Relation, tid: Tid, before: &[u8], after: &[
 
 /// Makes `element` the entry point if it is higher than the current one.
 fn raise_entry(index: pg_sys::Relation, element: Tid, level: u8) {
-    let mb = Locked::read(index, META_BLOCK, true);
-    let mut wal = Wal::start(index);
-    let page = wal.page(&mb, false);
-    if let Ok(mut meta) = page.meta() {
-        if !meta.entry.is_valid() || level > meta.entry_level {
+    update_meta(index, |meta| {
+        let higher = !meta.entry.is_valid() || level > meta.entry_level;
+        if higher {
             meta.entry = element;
             meta.entry_level = level;
-            page.set_meta(&meta);
-            wal.finish();
         }
-    }
+        higher
+    });
 }

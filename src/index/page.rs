@@ -2,7 +2,7 @@
 //! the page layout read directly (header, line pointers, items, special space), and
 //! GenericXLog records for every change to an existing page.
 
-use akidb_core::hnsw::format::{self, Meta, Tid, BLOCK_SIZE, META_BLOCK, PAGE_GRAPH, PAGE_META, SPECIAL_SIZE};
+use akidb_core::hnsw::format::{self, Meta, Tid, BLOCK_SIZE, META_BLOCK, SPECIAL_SIZE};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -187,8 +187,18 @@ pub fn read_meta(rel: pg_sys::Relation) -> Meta {
     }
 }
 
-pub fn page_kinds() -> (u16, u16) {
-    (PAGE_META, PAGE_GRAPH)
+/// Changes the metapage under an exclusive lock, in one WAL record: `change` gets the
+/// current contents and returns whether it changed them (nothing is written if not).
+pub fn update_meta(rel: pg_sys::Relation, change: impl FnOnce(&mut Meta) -> bool) {
+    let b = Locked::read(rel, META_BLOCK, true);
+    let mut wal = Wal::start(rel);
+    let page = wal.page(&b, false);
+    if let Ok(mut meta) = page.meta() {
+        if change(&mut meta) {
+            page.set_meta(&meta);
+            wal.finish();
+        }
+    }
 }
 
 /// The number of blocks in the index's main fork.

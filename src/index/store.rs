@@ -159,6 +159,18 @@ impl DiskGraph {
         self.nodes.get(&tid).and_then(|n| n.as_ref())
     }
 
+    /// The distance between two elements (a graph that keeps vectors); infinite if
+    /// either slot holds no element.
+    pub fn between(&mut self, a: Tid, b: Tid) -> f32 {
+        debug_assert!(self.keep_vectors);
+        self.node(a);
+        self.node(b);
+        match (self.nodes.get(&a).and_then(Option::as_ref), self.nodes.get(&b).and_then(Option::as_ref)) {
+            (Some(x), Some(y)) => self.metric.distance(&x.vector, &y.vector),
+            _ => f32::INFINITY,
+        }
+    }
+
     /// The neighbours of `tid` on `level`.
     pub fn neighbor_list(&mut self, tid: Tid, level: u8) -> Vec<Tid> {
         let m = self.m;

@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::insert::replace_tuple;
-use super::page::{nblocks, read_meta, read_tuple, Locked, Wal};
+use super::page::{nblocks, read_meta, read_tuple, update_meta, Locked, Wal};
 use super::store::DiskGraph;
 
 /// Every element: (tid, level, deleted, heap tid count).
@@ -128,7 +128,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         super::vacuum_delay();
         for _attempt in 0..5 {
             let mut g = DiskGraph::new(index, m, metric, true);
-            let Some((ntid, base)) = g.node(tid).map(|n| (n.neighbors, n.vector.clone())) else { break };
+            let Some(ntid) = g.node(tid).map(|n| n.neighbors) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
             let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { break };
             let mut changed = false;
@@ -149,15 +149,12 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
                 }
                 let scored: Vec<Candidate> = cands
                     .iter()
-                    .filter_map(|&t| g.node(t).map(|n| Candidate { distance: metric.distance(&base, &n.vector), node: t.node() }))
+                    .filter_map(|&t| {
+                        g.node(t)?;
+                        Some(Candidate { distance: g.between(tid, t), node: t.node() })
+                    })
                     .collect();
-                let kept = select_neighbors(&scored, params.max_neighbors(l), |a, b| {
-                    let va = g.node(Tid::from_node(a)).map(|n| n.vector.clone());
-                    match (va, g.node(Tid::from_node(b))) {
-                        (Some(x), Some(y)) => metric.distance(&x, &y.vector),
-                        _ => f32::INFINITY,
-                    }
-                });
+                let kept = select_neighbors(&scored, params.max_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
                 lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
             }
             if !changed || replace_tuple(index, ntid, &before, &format::encode_neighbors(own_level, m, &lists)) {
@@ -168,17 +165,14 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
     // The entry point must be live: else the highest live element (or none).
     if deleted.contains(&meta.entry) || !meta.entry.is_valid() {
         let best = all.iter().filter(|e| !e.2).max_by_key(|e| e.1);
-        let mb = Locked::read(index, META_BLOCK, true);
-        let mut wal = Wal::start(index);
-        let page = wal.page(&mb, false);
-        if let Ok(mut m) = page.meta() {
-            if deleted.contains(&m.entry) {
+        update_meta(index, |m| {
+            let stale = deleted.contains(&m.entry);
+            if stale {
                 m.entry = best.map_or(Tid::INVALID, |e| e.0);
                 m.entry_level = best.map_or(0, |e| e.1);
-                page.set_meta(&m);
-                wal.finish();
             }
-        }
+            stale
+        });
     }
 }
 
