@@ -11,7 +11,7 @@ use akidb_core::hnsw::{Metric, Params};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::page::{Locked, PageRef};
+use super::page::{read_meta, Locked, PageRef};
 use super::{dimensions, insert, metric, params, prepared_vector};
 
 pub const PHASE_LOAD: i64 = 1;
@@ -95,7 +95,7 @@ unsafe extern "C-unwind" fn build_callback(
         progress(PROGRESS_SUBPHASE, PHASE_INSERT);
     }
     if st.on_disk {
-        insert::insert_vector(st.index, &v, heap_tid, st.metric, st.params);
+        insert::insert_vector(st.index, &read_meta(st.index), &v, heap_tid);
     } else {
         st.vectors.extend_from_slice(&v);
         st.tids.push(heap_tid);

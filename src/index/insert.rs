@@ -8,14 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use akidb_core::hnsw::format::{self, Element, Meta, Tid, META_BLOCK, PAGE_GRAPH};
 use akidb_core::hnsw::search::{descend, search_level, select_neighbors, Candidate, GraphStore};
-use akidb_core::hnsw::{level_from_random, splitmix64, Metric, Params};
+use akidb_core::hnsw::{level_from_random, splitmix64, Params};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::build::{check_dims, item_tid};
 use super::page::{read_meta, update_meta, Locked, Wal};
 use super::store::DiskGraph;
-use super::{metric, prepared_vector};
+use super::prepared_vector;
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn aminsert(
@@ -32,19 +32,17 @@ pub unsafe extern "C-unwind" fn aminsert(
     if unsafe { *isnull } {
         return false;
     }
-    let metric = metric(index);
-    let Some(v) = prepared_vector(unsafe { *values }, metric) else { return false };
     let meta = read_meta(index);
-    check_dims(meta.dims as usize, v.len());
-    let params = Params { m: meta.m as usize, ef_construction: meta.ef_construction as usize };
-    insert_vector(index, &v, item_tid(heap_tid), metric, params);
+    let Some(v) = prepared_vector(unsafe { *values }, meta.metric) else { return false };
+    insert_vector(index, &meta, &v, item_tid(heap_tid));
     false
 }
 
-/// Inserts one prepared vector for `heap_tid`.
-pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: Metric, params: Params) {
-    let meta = read_meta(index);
-    let m = meta.m as usize;
+/// Inserts one prepared vector for `heap_tid`; `meta` is the metapage as just read.
+pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid) {
+    check_dims(meta.dims as usize, v.len());
+    let (m, metric) = (meta.m as usize, meta.metric);
+    let params = Params { m, ef_construction: meta.ef_construction as usize };
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m).min(format::max_level(m));
     let mut g = DiskGraph::new(index, m, metric, true);
@@ -73,7 +71,7 @@ pub fn insert_vector(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, metric: 
             entries = found;
         }
     }
-    let element = write_tuples(index, &meta, v, heap_tid, level, &lists);
+    let element = write_tuples(index, meta, v, heap_tid, level, &lists);
     for (l, list) in lists.iter().enumerate() {
         for &n in list {
             link_back(index, &mut g, n, element, l as u8, params.max_neighbors(l as u8));

@@ -5,14 +5,14 @@
 
 use std::collections::HashSet;
 
-use akidb_core::hnsw::format::Tid;
+use akidb_core::hnsw::format::{Meta, Tid};
 use akidb_core::hnsw::search::knn;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::page::read_meta;
 use super::store::DiskGraph;
-use super::{metric, prepared_vector};
+use super::prepared_vector;
 use crate::settings::{self, IterativeScan};
 
 #[derive(Default)]
@@ -56,8 +56,7 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
-fn search(index: pg_sys::Relation, st: &mut ScanState) {
-    let meta = read_meta(index);
+fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
     st.pending.clear();
     st.pos = 0;
     if !meta.entry.is_valid() {
@@ -96,11 +95,10 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
         st.started = true;
         let meta = read_meta(index);
         let key = unsafe { &*(*scan).orderByData };
-        let metric = metric(index);
         st.query = if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
             vec![0.0; meta.dims as usize]
         } else {
-            prepared_vector(key.sk_argument, metric).unwrap_or_else(|| vec![0.0; meta.dims as usize])
+            prepared_vector(key.sk_argument, meta.metric).unwrap_or_else(|| vec![0.0; meta.dims as usize])
         };
         if st.query.len() != meta.dims as usize {
             ereport!(
@@ -110,7 +108,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
             );
         }
         st.ef = settings::HNSW_EF_SEARCH.get() as usize;
-        search(index, st);
+        search(index, &meta, st);
     }
     loop {
         if let Some(&(d, heap)) = st.pending.get(st.pos) {
@@ -130,7 +128,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
         }
         pgrx::check_for_interrupts!();
         st.ef = (st.ef * 2).min(max);
-        search(index, st);
+        search(index, &read_meta(index), st);
     }
 }
 
