@@ -13,6 +13,7 @@ struct ElementInfo {
     level: u8,
     deleted: bool,
     neighbors: Tid,
+    next_chunk: Tid,
     dims: usize,
     values: usize,
 }
@@ -109,10 +110,17 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                 continue;
             };
             match item[0] {
-                format::KIND_ELEMENT => match Element::decode(item) {
+                format::KIND_ELEMENT => match Element::decode_header(item) {
                     Ok(e) => {
                         stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
-                        let info = ElementInfo { level: e.level, deleted: e.deleted, neighbors: e.neighbors, dims: e.dims as usize, values: e.inline.len() };
+                        let info = ElementInfo {
+                            level: e.level,
+                            deleted: e.deleted,
+                            neighbors: e.neighbors,
+                            next_chunk: e.next_chunk,
+                            dims: e.dims as usize,
+                            values: format::inline_values(item).len() / 4,
+                        };
                         elements.insert(tid, info);
                     }
                     Err(err) => problems.push(format!("({block},{off}): element: {err}")),
@@ -121,10 +129,9 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                     neighbor_tuples.insert(tid, item.to_vec());
                 }
                 format::KIND_CHUNK => {
-                    let mut v = Vec::new();
-                    match format::read_chunk(item, &mut v) {
-                        Ok(next) => {
-                            chunks.insert(tid, (v.len(), next));
+                    match format::chunk_values(item) {
+                        Ok((values, next)) => {
+                            chunks.insert(tid, (values.len() / 4, next));
                         }
                         Err(err) => problems.push(format!("({block},{off}): chunk: {err}")),
                     }
@@ -135,10 +142,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     }
     // Vector chunks: each element's chain must add up to its dimensions.
     for (tid, e) in elements.iter_mut() {
-        let b = Locked::read(index, tid.block, false);
-        let next = b.page().item(tid.offset).and_then(|i| Element::decode_header(i).ok()).map(|h| h.next_chunk);
-        drop(b);
-        let mut next = next.unwrap_or(Tid::INVALID);
+        let mut next = e.next_chunk;
         let mut hops = 0;
         while next.is_valid() && hops < 64 {
             match chunks.get(&next) {

@@ -103,7 +103,7 @@ impl DiskGraph {
             let mut sum = 0.0f32;
             if self.keep_vectors {
                 vector.reserve(header.dims as usize);
-                Element::read_inline(item, &mut vector).unwrap_or_else(|e| corrupted(e.to_string()));
+                format::push_values(values, &mut vector);
             }
             if let Some(q) = query {
                 // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
@@ -128,7 +128,7 @@ impl DiskGraph {
             let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
             let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
             if self.keep_vectors {
-                format::read_chunk(item, &mut node.vector).unwrap_or_else(|e| corrupted(e.to_string()));
+                format::push_values(values, &mut node.vector);
             }
             if let Some(q) = query {
                 // SAFETY: as above.

@@ -269,17 +269,8 @@ impl Element {
 
     pub fn decode(b: &[u8]) -> Result<Element, FormatError> {
         let mut e = Element::decode_header(b)?;
-        let inline = inline_len(b);
-        e.inline = read_f32s(&b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline]);
+        push_values(inline_values(b), &mut e.inline);
         Ok(e)
-    }
-
-    /// Appends the element's inline values to `out` without decoding the rest.
-    pub fn read_inline(b: &[u8], out: &mut Vec<f32>) -> Result<Tid, FormatError> {
-        let e = Element::decode_header(b)?;
-        let inline = inline_len(b);
-        out.extend(b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * inline].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
-        Ok(e.next_chunk)
     }
 }
 
@@ -324,8 +315,9 @@ pub fn set_heap_tids(b: &mut [u8], tids: &[Tid]) -> bool {
     true
 }
 
-fn read_f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+/// Appends little-endian f32 values (an element's or a chunk's) to `out`.
+pub fn push_values(bytes: &[u8], out: &mut Vec<f32>) {
+    out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
 }
 
 pub fn encode_chunk(values: &[f32], next: Tid) -> Vec<u8> {
@@ -337,19 +329,6 @@ pub fn encode_chunk(values: &[f32], next: Tid) -> Vec<u8> {
         b[CHUNK_HEADER + 4 * i..CHUNK_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
     }
     b
-}
-
-/// Appends a chunk's values to `out`; returns the next chunk.
-pub fn read_chunk(b: &[u8], out: &mut Vec<f32>) -> Result<Tid, FormatError> {
-    if b.len() < CHUNK_HEADER || b[0] != KIND_CHUNK {
-        return Err(FormatError::BadKind { expected: KIND_CHUNK, found: b.first().copied().unwrap_or(0) });
-    }
-    let n = u16::from_le_bytes([b[12], b[13]]) as usize;
-    if b.len() < CHUNK_HEADER + 4 * n {
-        return Err(FormatError::Truncated("chunk"));
-    }
-    out.extend(b[CHUNK_HEADER..CHUNK_HEADER + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
-    Ok(Tid::get(&b[4..10]))
 }
 
 /// Encodes neighbour lists (`lists[l]` for levels 0..=level), padding with INVALID.
@@ -503,8 +482,10 @@ mod tests {
         neighbors_on(&nb, 4, 5, &mut none).unwrap();
         assert!(none.is_empty());
 
+        let chunk = encode_chunk(&[4.0, 5.0], Tid { block: 2, offset: 8 });
+        let (values, next) = chunk_values(&chunk).unwrap();
         let mut out = Vec::new();
-        let next = read_chunk(&encode_chunk(&[4.0, 5.0], Tid { block: 2, offset: 8 }), &mut out).unwrap();
+        push_values(values, &mut out);
         assert_eq!((out, next), (vec![4.0, 5.0], Tid { block: 2, offset: 8 }));
     }
 
