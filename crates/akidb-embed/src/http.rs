@@ -43,10 +43,6 @@ impl HttpClient {
         HttpClient { agent, model: model.into(), section: section.clone(), api_key, dims }
     }
 
-    pub fn url(&self) -> &str {
-        &self.section.url
-    }
-
     /// Embeds `texts` in requests of at most `batch_size` texts, in order.
     pub fn embed(&self, texts: &[String], interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());

@@ -141,10 +141,6 @@ impl Model {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
     /// Embeds `texts` (prefixed for `purpose`), `dims` values each. The vector of a text
     /// never depends on the other texts of the call.
     pub fn embed(&mut self, texts: &[&str], purpose: Purpose, dims: Option<usize>, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {

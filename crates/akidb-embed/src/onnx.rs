@@ -65,7 +65,7 @@ pub struct SessionOptions {
     pub max_tokens: usize,
 }
 
-static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, Environment), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime from `library` the first time (per process) and returns the
 /// environment. A later call with another path gets the library loaded first.
@@ -79,19 +79,10 @@ pub fn environment(library: &Path) -> Result<&'static Environment> {
             let builder = ort::init_from(library).map_err(|e| e.to_string())?;
             builder.with_name("akidb").build().map_err(|e| e.to_string())
         })
-        .map(|env| (library.to_path_buf(), env))
     });
     match loaded {
-        Ok((_, env)) => Ok(env),
+        Ok(env) => Ok(env),
         Err(detail) => Err(EmbedError::Runtime { library: library.display().to_string(), detail: detail.clone() }),
-    }
-}
-
-/// The library this process loaded, if any.
-pub fn loaded_library() -> Option<PathBuf> {
-    match ENVIRONMENT.get() {
-        Some(Ok((path, _))) => Some(path.clone()),
-        _ => None,
     }
 }
 
