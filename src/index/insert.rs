@@ -77,7 +77,10 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
             link_back(index, &mut g, n, element, l as u8, params.max_neighbors(l as u8));
         }
     }
-    if !meta.entry.is_valid() || level > meta.entry_level {
+    // The metapage read again, not `meta`: VACUUM may have moved the entry meanwhile (it
+    // looks for higher elements once more after moving it, so one of the two sees this one).
+    let now = read_meta(index);
+    if !now.entry.is_valid() || level > now.entry_level {
         raise_entry(index, element, level);
     }
 }

@@ -173,6 +173,19 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
             }
             stale
         });
+        // An insert that wrote a top-level element after `all` was read, and compared
+        // its level with the old entry's, did not raise the entry: look again, now that
+        // any later insert compares with the new entry.
+        if let Some(top) = elements(index).iter().filter(|e| !e.2).max_by_key(|e| e.1).copied() {
+            update_meta(index, |m| {
+                let higher = !m.entry.is_valid() || top.1 > m.entry_level;
+                if higher {
+                    m.entry = top.0;
+                    m.entry_level = top.1;
+                }
+                higher
+            });
+        }
     }
 }
 

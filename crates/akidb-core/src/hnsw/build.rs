@@ -109,7 +109,14 @@ pub fn build(
 
 fn insert(g: &Shared, i: u32, visited: &mut StampVisited) {
     let level = g.levels[i as usize];
-    let (ep, ep_level) = g.entry.lock().expect("entry set before workers start");
+    // A node that will become the new entry point keeps the entry lock for its whole
+    // insert (as hnswlib does): inserts that start meanwhile wait, instead of descending
+    // from the old entry and leaving their upper levels unlinked to the new top.
+    let mut entry_guard = Some(g.entry.lock());
+    let (ep, ep_level) = entry_guard.as_ref().and_then(|e| **e).expect("entry set before workers start");
+    if level <= ep_level {
+        entry_guard = None;
+    }
     let q = g.vector(i);
     let mut view = View(g);
     let start = Candidate { distance: view.distance(q, ep as NodeId), node: ep as NodeId };
@@ -125,17 +132,27 @@ fn insert(g: &Shared, i: u32, visited: &mut StampVisited) {
         let found = search_level(&mut view, q, &entries, g.params.ef_construction, l, visited);
         let max = g.params.max_neighbors(l);
         let chosen = select_neighbors(&found, max, |a, b| g.metric.distance(g.vector(a as u32), g.vector(b as u32)));
-        g.links[i as usize].write()[l as usize] = chosen.iter().map(|c| c.node as u32).collect();
+        {
+            // Threads that found `i` on the level above may have linked to it here already:
+            // keep those links (merged and pruned) rather than overwrite them.
+            let mut links = g.links[i as usize].write();
+            let list = &mut links[l as usize];
+            let earlier = std::mem::take(list);
+            list.extend(chosen.iter().map(|c| c.node as u32));
+            for n in earlier {
+                if n != i && !list.contains(&n) {
+                    list.push(n);
+                }
+            }
+            prune(g, i, list, max);
+        }
         for c in &chosen {
             add_link(g, c.node as u32, i, l, max);
         }
         entries = found;
     }
-    if level > ep_level {
-        let mut e = g.entry.lock();
-        if e.is_none_or(|(_, el)| level > el) {
-            *e = Some((i, level));
-        }
+    if let Some(mut e) = entry_guard {
+        *e = Some((i, level));
     }
 }
 
@@ -147,6 +164,11 @@ fn add_link(g: &Shared, node: u32, new: u32, level: u8, max: usize) {
         return;
     }
     list.push(new);
+    prune(g, node, list, max);
+}
+
+/// Cuts `node`'s `list` down to `max` links with the heuristic, if it is longer.
+fn prune(g: &Shared, node: u32, list: &mut Vec<u32>, max: usize) {
     if list.len() <= max {
         return;
     }
@@ -290,3 +312,4 @@ mod oracle {
         assert!(ours >= theirs - 0.01, "akidb {ours} < hnsw_rs {theirs}");
     }
 }
+
