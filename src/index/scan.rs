@@ -11,7 +11,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::page::read_meta;
-use super::store::DiskGraph;
+use super::store::{ScanGraph, TidSet};
 use super::prepared_vector;
 use crate::settings::{self, IterativeScan};
 
@@ -63,21 +63,22 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
         st.exhausted = true;
         return;
     }
-    let mut g = DiskGraph::new(index, meta.m as usize, meta.metric, false);
-    let mut visited: HashSet<u64> = HashSet::new();
+    let mut g = ScanGraph::new(index, meta.m as usize, meta.metric);
+    let mut visited: TidSet = TidSet::default();
     let found = knn(&mut g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
     let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;
     let first_round = st.returned.is_empty();
+    let mut rows = Vec::new();
     for c in found {
         let tid = Tid::from_node(c.node);
-        let Some(n) = g.node(tid) else { continue };
-        if n.deleted || st.returned.contains(&tid) {
+        if st.returned.contains(&tid) || (strict && !first_round && c.distance < st.last_distance) {
             continue;
         }
-        if strict && !first_round && c.distance < st.last_distance {
+        rows.clear();
+        if g.rows(tid, &mut rows) != Some(false) {
             continue;
         }
-        for &h in &n.heap_tids {
+        for &h in &rows {
             st.pending.push((c.distance, h));
         }
         st.returned.insert(tid);

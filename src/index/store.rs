@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use akidb_core::hnsw::format::{self, Element, Tid};
+use akidb_core::hnsw::format::{self, Element, ElementHead, Tid};
 use akidb_core::hnsw::search::{GraphStore, NodeId};
 use akidb_core::hnsw::Metric;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::page::Locked;
+use super::page::{Hints, Locked};
 
 pub struct Node {
     pub level: u8,
@@ -53,6 +53,8 @@ impl Hasher for TidHasher {
 }
 
 pub type TidMap<V> = HashMap<Tid, V, BuildHasherDefault<TidHasher>>;
+/// Visited nodes (encoded tids) of one search.
+pub type TidSet = std::collections::HashSet<NodeId, BuildHasherDefault<TidHasher>>;
 
 pub struct DiskGraph {
     pub rel: pg_sys::Relation,
@@ -211,5 +213,127 @@ impl GraphStore for DiskGraph {
 
     fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {
         out.extend(self.neighbor_list(Tid::from_node(node), level).into_iter().map(|t| t.node()));
+    }
+}
+
+/// The graph as a scan reads it: nothing kept between calls (each element is read where
+/// it lies, its distance computed on the page), buffers found through the backend's
+/// hints, and the pages of the next neighbours prefetched while one is computed.
+pub struct ScanGraph {
+    rel: pg_sys::Relation,
+    m: usize,
+    metric: Metric,
+    hints: Hints,
+    scratch: Vec<f32>,
+    tids: Vec<Tid>,
+    /// The nodes the search said it will read next, and how far it got.
+    upcoming: Vec<NodeId>,
+    next: usize,
+}
+
+impl ScanGraph {
+    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
+        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0 }
+    }
+
+    /// Whether the element at `tid` is deleted, and its heap rows (appended to `rows`);
+    /// None if the slot holds no element.
+    pub fn rows(&mut self, tid: Tid, rows: &mut Vec<Tid>) -> Option<bool> {
+        if !tid.is_valid() {
+            return None;
+        }
+        let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+        let page = b.page();
+        let item = page.item(tid.offset)?;
+        let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+        rows.extend(format::heap_tids(item));
+        Some(head.deleted)
+    }
+}
+
+impl GraphStore for ScanGraph {
+    fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
+        let tid = Tid::from_node(node);
+        if !tid.is_valid() {
+            return f32::INFINITY;
+        }
+        // While this one is computed, the next one's tuple loads (its page header was
+        // prefetched when the batch was announced).
+        if self.upcoming.get(self.next) == Some(&node) {
+            self.next += 1;
+            if let Some(&after) = self.upcoming.get(self.next) {
+                self.hints.prefetch_tuple(Tid::from_node(after), 4 * query.len() + 128);
+            }
+        }
+        let metric = self.metric;
+        let (mut sum, mut done, mut next) = {
+            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let page = b.page();
+            let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
+            let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+            // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
+            let v = unsafe { &*floats(format::inline_values(item), &mut self.scratch) };
+            let n = v.len().min(query.len());
+            (metric.partial(&query[..n], &v[..n]), v.len(), head.next_chunk)
+        };
+        while next.is_valid() {
+            let b = Locked::read_hinted(self.rel, next.block, &mut self.hints);
+            let page = b.page();
+            let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
+            let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
+            // SAFETY: as above.
+            let v = unsafe { &*floats(values, &mut self.scratch) };
+            let end = (done + v.len()).min(query.len());
+            if done < end {
+                sum += metric.partial(&query[done..end], &v[..end - done]);
+            }
+            done += v.len();
+            next = after;
+        }
+        if done != query.len() {
+            corrupted(format!("element ({}, {}) holds {done} values, the index has {}", tid.block, tid.offset, query.len()));
+        }
+        metric.finish(sum)
+    }
+
+    fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {
+        let tid = Tid::from_node(node);
+        if !tid.is_valid() {
+            return;
+        }
+        self.tids.clear();
+        let m = self.m;
+        let ntid = {
+            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let page = b.page();
+            let Some(item) = page.item(tid.offset) else { return };
+            let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+            if head.neighbors.block == tid.block {
+                let bytes = page.item(head.neighbors.offset).unwrap_or_else(|| corrupted(format!("missing neighbour tuple ({}, {})", tid.block, head.neighbors.offset)));
+                format::neighbors_on(bytes, m, level, &mut self.tids).unwrap_or_else(|e| corrupted(e.to_string()));
+                None
+            } else {
+                Some(head.neighbors)
+            }
+        };
+        if let Some(ntid) = ntid {
+            let b = Locked::read_hinted(self.rel, ntid.block, &mut self.hints);
+            let page = b.page();
+            let bytes = page.item(ntid.offset).unwrap_or_else(|| corrupted(format!("missing neighbour tuple ({}, {})", ntid.block, ntid.offset)));
+            format::neighbors_on(bytes, m, level, &mut self.tids).unwrap_or_else(|e| corrupted(e.to_string()));
+        }
+        out.extend(self.tids.iter().map(|t| t.node()));
+    }
+
+    fn prefetch(&mut self, nodes: &[NodeId]) {
+        for &n in nodes {
+            self.hints.prefetch(Tid::from_node(n).block);
+        }
+        self.upcoming.clear();
+        self.upcoming.extend_from_slice(nodes);
+        self.next = 0;
+        if let Some(&first) = nodes.first() {
+            self.hints.prefetch_tuple(Tid::from_node(first), 4 * 64);
+        }
     }
 }

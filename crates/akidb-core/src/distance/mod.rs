@@ -93,6 +93,28 @@ pub fn l1_distance(a: &[f32], b: &[f32]) -> f64 {
     f64::from((kernels().l1)(a, b))
 }
 
+/// Asks the CPU to start loading the cache lines of `bytes` bytes at `ptr`. A hint only: any address is allowed, nothing is read.
+#[inline]
+pub fn prefetch(ptr: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        let p = ptr.wrapping_add(off);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: prefetch never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above (PRFM never faults).
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = p;
+        off += 64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

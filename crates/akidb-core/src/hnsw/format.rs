@@ -245,24 +245,14 @@ impl Element {
 
     /// Decodes the header only (no vector copy): for VACUUM and the checker.
     pub fn decode_header(b: &[u8]) -> Result<Element, FormatError> {
-        if b.len() < ELEMENT_HEADER {
-            return Err(FormatError::Truncated("element"));
-        }
-        if b[0] != KIND_ELEMENT {
-            return Err(FormatError::BadKind { expected: KIND_ELEMENT, found: b[0] });
-        }
-        let h = 4 + 6 * MAX_HEAP_TIDS;
-        let inline = u16::from_le_bytes([b[h + 12], b[h + 13]]) as usize;
-        if b.len() < ELEMENT_HEADER + 4 * inline || b[3] as usize > MAX_HEAP_TIDS {
-            return Err(FormatError::Truncated("element"));
-        }
+        let h = ElementHead::parse(b)?;
         Ok(Element {
-            level: b[1],
-            deleted: b[2] != 0,
-            heap_tids: (0..b[3] as usize).map(|i| Tid::get(&b[4 + 6 * i..10 + 6 * i])).collect(),
-            neighbors: Tid::get(&b[h..h + 6]),
-            next_chunk: Tid::get(&b[h + 6..h + 12]),
-            dims: u16::from_le_bytes([b[h + 14], b[h + 15]]),
+            level: h.level,
+            deleted: h.deleted,
+            heap_tids: heap_tids(b).collect(),
+            neighbors: h.neighbors,
+            next_chunk: h.next_chunk,
+            dims: h.dims,
             inline: Vec::new(),
         })
     }
@@ -272,6 +262,43 @@ impl Element {
         push_values(inline_values(b), &mut e.inline);
         Ok(e)
     }
+}
+
+/// An element's fixed fields, read in place (no allocation: the scan reads hundreds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ElementHead {
+    pub level: u8,
+    pub deleted: bool,
+    pub neighbors: Tid,
+    pub next_chunk: Tid,
+    pub dims: u16,
+}
+
+impl ElementHead {
+    pub fn parse(b: &[u8]) -> Result<ElementHead, FormatError> {
+        if b.len() < ELEMENT_HEADER {
+            return Err(FormatError::Truncated("element"));
+        }
+        if b[0] != KIND_ELEMENT {
+            return Err(FormatError::BadKind { expected: KIND_ELEMENT, found: b[0] });
+        }
+        let h = 4 + 6 * MAX_HEAP_TIDS;
+        if b.len() < ELEMENT_HEADER + 4 * inline_len(b) || b[3] as usize > MAX_HEAP_TIDS {
+            return Err(FormatError::Truncated("element"));
+        }
+        Ok(ElementHead {
+            level: b[1],
+            deleted: b[2] != 0,
+            neighbors: Tid::get(&b[h..h + 6]),
+            next_chunk: Tid::get(&b[h + 6..h + 12]),
+            dims: u16::from_le_bytes([b[h + 14], b[h + 15]]),
+        })
+    }
+}
+
+/// The heap rows of an encoded element (parsed with [`ElementHead::parse`] first).
+pub fn heap_tids(b: &[u8]) -> impl Iterator<Item = Tid> + '_ {
+    (0..(b[3] as usize).min(MAX_HEAP_TIDS)).map(move |i| Tid::get(&b[4 + 6 * i..10 + 6 * i]))
 }
 
 /// The byte range of an element's inline values within its tuple.

@@ -13,6 +13,9 @@ pub trait GraphStore {
     fn distance(&mut self, query: &[f32], node: NodeId) -> f32;
     /// `node`'s neighbours on `level`, appended to `out`.
     fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>);
+    /// The search will next ask for the distances of `nodes`, in this order: a store may
+    /// start loading them (memory prefetch), so that their cache misses overlap.
+    fn prefetch(&mut self, _nodes: &[NodeId]) {}
 }
 
 /// Remembers which nodes a search has seen.
@@ -21,7 +24,7 @@ pub trait Visited {
     fn first_visit(&mut self, node: NodeId) -> bool;
 }
 
-impl Visited for HashSet<NodeId> {
+impl<S: std::hash::BuildHasher> Visited for HashSet<NodeId, S> {
     fn first_visit(&mut self, node: NodeId) -> bool {
         self.insert(node)
     }
@@ -100,10 +103,9 @@ pub fn search_level<G: GraphStore + ?Sized, V: Visited + ?Sized>(
         }
         neighbors.clear();
         graph.neighbors(c.node, level, &mut neighbors);
+        neighbors.retain(|&n| visited.first_visit(n));
+        graph.prefetch(&neighbors);
         for &n in &neighbors {
-            if !visited.first_visit(n) {
-                continue;
-            }
             let d = graph.distance(query, n);
             let worst = best.peek().map_or(f32::INFINITY, |w| w.distance);
             if best.len() < ef || d < worst {
