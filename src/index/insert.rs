@@ -45,7 +45,7 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
     let params = Params { m, ef_construction: meta.ef_construction as usize };
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let level = level_from_random(splitmix64(nanos ^ heap_tid.node().rotate_left(17)), m).min(format::max_level(m));
-    let mut g = DiskGraph::new(index, m, metric, true);
+    let mut g = DiskGraph::new(index, m, metric);
     let mut lists: Vec<Vec<Tid>> = vec![Vec::new(); level as usize + 1];
     if meta.entry.is_valid() {
         let start = Candidate { distance: g.distance(v, meta.entry.node()), node: meta.entry.node() };
@@ -58,7 +58,7 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
                 .copied()
                 .filter(|c| g.node(Tid::from_node(c.node)).is_some_and(|n| !n.deleted))
                 .collect();
-            let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+            let chosen = select_neighbors(&live, params.max_neighbors(l), params.min_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
             lists[l as usize] = chosen.iter().map(|c| Tid::from_node(c.node)).collect();
             // An identical vector already in the graph takes this row too.
             if l == 0 {
@@ -74,7 +74,7 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
     let element = write_tuples(index, meta, v, heap_tid, level, &lists);
     for (l, list) in lists.iter().enumerate() {
         for &n in list {
-            link_back(index, &mut g, n, element, l as u8, params.max_neighbors(l as u8));
+            link_back(index, &mut g, n, element, l as u8, &params);
         }
     }
     // The metapage read again, not `meta`: VACUUM may have moved the entry meanwhile (it
@@ -197,8 +197,8 @@ fn append_pair(index: pg_sys::Relation, element_len: usize, element: &dyn Fn(Tid
 /// Adds `new` to `node`'s list on `level` (pruning with the heuristic when full). The list
 /// is read, the new one computed with no lock held, and written only if nobody changed
 /// the tuple meanwhile (else retried).
-fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, level: u8, max: usize) {
-    let m = g.m;
+fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, level: u8, params: &Params) {
+    let (m, max) = (g.m, params.max_neighbors(level));
     for _attempt in 0..5 {
         let Some(ntid) = g.node(node).map(|n| n.neighbors) else { return };
         let Some(before) = super::page::read_tuple(index, ntid) else { return };
@@ -212,7 +212,7 @@ fn link_back(index: pg_sys::Relation, g: &mut DiskGraph, node: Tid, new: Tid, le
         } else {
             let cands: Vec<Candidate> =
                 list.iter().chain([&new]).map(|&t| Candidate { distance: g.between(node, t), node: t.node() }).collect();
-            let kept = select_neighbors(&cands, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+            let kept = select_neighbors(&cands, max, params.min_neighbors(level), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
             if !kept.iter().any(|c| c.node == new.node()) {
                 return;
             }

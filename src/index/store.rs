@@ -1,8 +1,8 @@
 //! The graph on disk, as [`GraphStore`] for the core search: elements and neighbour
-//! lists read through the buffer manager, one share-locked buffer at a time, and cached
-//! for the life of one search or insert. A scan computes distances on the page itself
-//! (no copy of the vector); inserts and VACUUM keep the vectors, which their neighbour
-//! selection compares with each other.
+//! lists read through the buffer manager, one share-locked buffer at a time. Two kinds:
+//! [`ScanGraph`] keeps nothing and computes distances on the page (a scan touches each
+//! element once); [`DiskGraph`] caches elements with their vectors for one insert or
+//! VACUUM repair, whose neighbour selection compares candidates with each other.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,12 +20,9 @@ pub struct Node {
     pub deleted: bool,
     pub heap_tids: Vec<Tid>,
     pub neighbors: Tid,
-    /// Empty unless the graph keeps vectors.
     pub vector: Vec<f32>,
     /// The neighbour tuple, when it sat on the element's page.
     neighbor_bytes: Option<Vec<u8>>,
-    /// Distance to the search's query, when computed on the page.
-    distance: f32,
 }
 
 /// A multiplicative hash for item pointers (the default SipHash showed in profiles).
@@ -56,11 +53,12 @@ pub type TidMap<V> = HashMap<Tid, V, BuildHasherDefault<TidHasher>>;
 /// Visited nodes (encoded tids) of one search.
 pub type TidSet = std::collections::HashSet<NodeId, BuildHasherDefault<TidHasher>>;
 
+/// The graph as inserts and VACUUM read it: elements with their vectors (neighbour
+/// selection compares candidates with each other), cached for one insert or repair.
 pub struct DiskGraph {
     pub rel: pg_sys::Relation,
     pub m: usize,
     pub metric: Metric,
-    keep_vectors: bool,
     nodes: TidMap<Option<Node>>,
 }
 
@@ -82,36 +80,22 @@ fn floats(bytes: &[u8], scratch: &mut Vec<f32>) -> *const [f32] {
 }
 
 impl DiskGraph {
-    /// `keep_vectors`: inserts and VACUUM need the vectors; scans only distances.
-    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric, keep_vectors: bool) -> Self {
-        DiskGraph { rel, m, metric, keep_vectors, nodes: TidMap::default() }
+    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
+        DiskGraph { rel, m, metric, nodes: TidMap::default() }
     }
 
-    /// The element at `tid` (None if the slot holds no element). With `query`, its
-    /// distance to it is computed on the page as it is read.
-    fn load(&mut self, tid: Tid, query: Option<&[f32]>) -> Option<Node> {
+    /// The element at `tid` with its whole vector (None if the slot holds no element).
+    fn load(&mut self, tid: Tid) -> Option<Node> {
         if !tid.is_valid() {
             return None;
         }
-        let metric = self.metric;
-        let mut scratch = Vec::new();
-        let (mut node, mut next, mut sum, mut done) = {
+        let (mut node, mut next) = {
             let b = Locked::read(self.rel, tid.block, false);
             let page = b.page();
             let item = page.item(tid.offset)?;
             let header = Element::decode_header(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
-            let values = format::inline_values(item);
-            let mut vector = Vec::new();
-            let mut sum = 0.0f32;
-            if self.keep_vectors {
-                vector.reserve(header.dims as usize);
-                format::push_values(values, &mut vector);
-            }
-            if let Some(q) = query {
-                // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
-                let v = unsafe { &*floats(values, &mut scratch) };
-                sum = metric.partial(&q[..v.len().min(q.len())], &v[..v.len().min(q.len())]);
-            }
+            let mut vector = Vec::with_capacity(header.dims as usize);
+            format::push_values(format::inline_values(item), &mut vector);
             let nb = (header.neighbors.block == tid.block).then(|| page.item(header.neighbors.offset).map(|s| s.to_vec())).flatten();
             let node = Node {
                 level: header.level,
@@ -120,34 +104,16 @@ impl DiskGraph {
                 neighbors: header.neighbors,
                 vector,
                 neighbor_bytes: nb,
-                distance: f32::INFINITY,
             };
-            (node, header.next_chunk, sum, values.len() / 4)
+            (node, header.next_chunk)
         };
         while next.is_valid() {
             let b = Locked::read(self.rel, next.block, false);
             let page = b.page();
             let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
             let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
-            if self.keep_vectors {
-                format::push_values(values, &mut node.vector);
-            }
-            if let Some(q) = query {
-                // SAFETY: as above.
-                let v = unsafe { &*floats(values, &mut scratch) };
-                let end = (done + v.len()).min(q.len());
-                if done < end {
-                    sum += metric.partial(&q[done..end], &v[..end - done]);
-                }
-            }
-            done += values.len() / 4;
+            format::push_values(values, &mut node.vector);
             next = after;
-        }
-        if let Some(q) = query {
-            if done != q.len() {
-                corrupted(format!("element ({}, {}) holds {done} values, the index has {}", tid.block, tid.offset, q.len()));
-            }
-            node.distance = metric.finish(sum);
         }
         Some(node)
     }
@@ -155,16 +121,14 @@ impl DiskGraph {
     /// The element at `tid` (None if the slot holds no element).
     pub fn node(&mut self, tid: Tid) -> Option<&Node> {
         if !self.nodes.contains_key(&tid) {
-            let n = self.load(tid, None);
+            let n = self.load(tid);
             self.nodes.insert(tid, n);
         }
         self.nodes.get(&tid).and_then(|n| n.as_ref())
     }
 
-    /// The distance between two elements (a graph that keeps vectors); infinite if
-    /// either slot holds no element.
+    /// The distance between two elements; infinite if either slot holds no element.
     pub fn between(&mut self, a: Tid, b: Tid) -> f32 {
-        debug_assert!(self.keep_vectors);
         self.node(a);
         self.node(b);
         match (self.nodes.get(&a).and_then(Option::as_ref), self.nodes.get(&b).and_then(Option::as_ref)) {
@@ -194,21 +158,8 @@ impl DiskGraph {
 
 impl GraphStore for DiskGraph {
     fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
-        let tid = Tid::from_node(node);
-        if self.keep_vectors {
-            let metric = self.metric;
-            return match self.node(tid) {
-                Some(n) => metric.distance(query, &n.vector),
-                None => f32::INFINITY,
-            };
-        }
-        if let Some(n) = self.nodes.get(&tid) {
-            return n.as_ref().map_or(f32::INFINITY, |n| n.distance);
-        }
-        let n = self.load(tid, Some(query));
-        let d = n.as_ref().map_or(f32::INFINITY, |n| n.distance);
-        self.nodes.insert(tid, n);
-        d
+        let metric = self.metric;
+        self.node(Tid::from_node(node)).map_or(f32::INFINITY, |n| metric.distance(query, &n.vector))
     }
 
     fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {
@@ -219,6 +170,9 @@ impl GraphStore for DiskGraph {
 /// The graph as a scan reads it: nothing kept between calls (each element is read where
 /// it lies, its distance computed on the page), buffers found through the backend's
 /// hints, and the pages of the next neighbours prefetched while one is computed.
+/// How many elements ahead of the one being computed a scan starts loading.
+const LOOKAHEAD: usize = 2;
+
 pub struct ScanGraph {
     rel: pg_sys::Relation,
     m: usize,
@@ -261,7 +215,7 @@ impl GraphStore for ScanGraph {
         // prefetched when the batch was announced).
         if self.upcoming.get(self.next) == Some(&node) {
             self.next += 1;
-            if let Some(&after) = self.upcoming.get(self.next) {
+            if let Some(&after) = self.upcoming.get(self.next + LOOKAHEAD - 1) {
                 self.hints.prefetch_tuple(Tid::from_node(after), 4 * query.len() + 128);
             }
         }
@@ -332,8 +286,8 @@ impl GraphStore for ScanGraph {
         self.upcoming.clear();
         self.upcoming.extend_from_slice(nodes);
         self.next = 0;
-        if let Some(&first) = nodes.first() {
-            self.hints.prefetch_tuple(Tid::from_node(first), 4 * 64);
+        for &n in nodes.iter().take(LOOKAHEAD) {
+            self.hints.prefetch_tuple(Tid::from_node(n), 4 * 64);
         }
     }
 }

@@ -127,7 +127,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         }
         super::vacuum_delay();
         for _attempt in 0..5 {
-            let mut g = DiskGraph::new(index, m, metric, true);
+            let mut g = DiskGraph::new(index, m, metric);
             let Some(ntid) = g.node(tid).map(|n| n.neighbors) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
             let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { break };
@@ -154,7 +154,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
                         Some(Candidate { distance: g.between(tid, t), node: t.node() })
                     })
                     .collect();
-                let kept = select_neighbors(&scored, params.max_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+                let kept = select_neighbors(&scored, params.max_neighbors(l), params.min_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
                 lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
             }
             if !changed || replace_tuple(index, ntid, &before, &format::encode_neighbors(own_level, m, &lists)) {

@@ -49,8 +49,9 @@ SELECT id FROM items ORDER BY embedding <#> '[1,1,1]' LIMIT 3;
 SELECT id FROM items ORDER BY embedding <=> '[9,9,9]' LIMIT 1;
 SELECT id FROM items ORDER BY embedding <+> '[9,9,9.4]' LIMIT 1;
 
--- Filtered queries: iterative scans return k rows when k rows match (1% selective).
-SELECT count(*) FROM (SELECT id FROM items WHERE category = 7 ORDER BY embedding <-> '[0,0,0]' LIMIT 10) s;
+-- Filtered queries: iterative scans return k rows when k rows match (1% selective);
+-- a plain scan returns only the matches among its ef_search candidates.
+SELECT count(*) < 10 AS fewer_than_k FROM (SELECT id FROM items WHERE category = 7 ORDER BY embedding <-> '[0,0,0]' LIMIT 10) s;
 SET akidb.hnsw_iterative_scan = relaxed_order;
 SELECT count(*) FROM (SELECT id FROM items WHERE category = 7 ORDER BY embedding <-> '[0,0,0]' LIMIT 10) s;
 SET akidb.hnsw_iterative_scan = strict_order;

@@ -131,7 +131,7 @@ fn insert(g: &Shared, i: u32, visited: &mut StampVisited) {
         }
         let found = search_level(&mut view, q, &entries, g.params.ef_construction, l, visited);
         let max = g.params.max_neighbors(l);
-        let chosen = select_neighbors(&found, max, |a, b| g.metric.distance(g.vector(a as u32), g.vector(b as u32)));
+        let chosen = select_neighbors(&found, max, g.params.min_neighbors(l), |a, b| g.metric.distance(g.vector(a as u32), g.vector(b as u32)));
         {
             // Threads that found `i` on the level above may have linked to it here already:
             // keep those links (merged and pruned) rather than overwrite them.
@@ -144,7 +144,7 @@ fn insert(g: &Shared, i: u32, visited: &mut StampVisited) {
                     list.push(n);
                 }
             }
-            prune(g, i, list, max);
+            prune(g, i, list, l, max);
         }
         for c in &chosen {
             add_link(g, c.node as u32, i, l, max);
@@ -164,18 +164,18 @@ fn add_link(g: &Shared, node: u32, new: u32, level: u8, max: usize) {
         return;
     }
     list.push(new);
-    prune(g, node, list, max);
+    prune(g, node, list, level, max);
 }
 
 /// Cuts `node`'s `list` down to `max` links with the heuristic, if it is longer.
-fn prune(g: &Shared, node: u32, list: &mut Vec<u32>, max: usize) {
+fn prune(g: &Shared, node: u32, list: &mut Vec<u32>, level: u8, max: usize) {
     if list.len() <= max {
         return;
     }
     let base = g.vector(node);
     let cands: Vec<Candidate> =
         list.iter().map(|&n| Candidate { distance: g.metric.distance(base, g.vector(n)), node: n as NodeId }).collect();
-    let kept = select_neighbors(&cands, max, |a, b| g.metric.distance(g.vector(a as u32), g.vector(b as u32)));
+    let kept = select_neighbors(&cands, max, g.params.min_neighbors(level), |a, b| g.metric.distance(g.vector(a as u32), g.vector(b as u32)));
     *list = kept.iter().map(|c| c.node as u32).collect();
 }
 
@@ -312,4 +312,5 @@ mod oracle {
         assert!(ours >= theirs - 0.01, "akidb {ours} < hnsw_rs {theirs}");
     }
 }
+
 

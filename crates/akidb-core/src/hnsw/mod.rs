@@ -107,6 +107,19 @@ impl Params {
             self.m
         }
     }
+
+    /// How many links a list on `level` keeps at least, when there are that many
+    /// candidates: on level 0, `m` (the heuristic's choices, then the nearest of those
+    /// it pruned). Measured on fashion-mnist (m 16, ef_construction 64): recall@10 at
+    /// ef_search 10 rises from 0.926 to 0.957 for 15% more distances per query, and the
+    /// work to reach 0.95 falls by 1%; filling every list (pgvector) costs 2.6x the build.
+    pub fn min_neighbors(&self, level: u8) -> usize {
+        if level == 0 {
+            self.m
+        } else {
+            0
+        }
+    }
 }
 
 /// A node's level from a uniform random u64: floor(-ln(U) / ln(m)), capped.
@@ -138,6 +151,21 @@ mod tests {
         // P(level >= 1) = 1/16 for m = 16.
         let above = n as usize - counts[0];
         assert!((above as f64 / n as f64 - 1.0 / 16.0).abs() < 0.005, "{counts:?}");
+    }
+
+    #[test]
+    fn pruned_neighbours_fill_up_to_the_minimum() {
+        use search::{select_neighbors, Candidate};
+        // Points on a line at 1, 2, 3, 4 from the base at 0: each is nearer to 1 than to
+        // the base, so the heuristic alone keeps only the first.
+        let cands: Vec<Candidate> = [3u64, 1, 4, 2].iter().map(|&x| Candidate { distance: x as f32, node: x }).collect();
+        let between = |a: u64, b: u64| (a as f32 - b as f32).abs();
+        let nodes = |fill| select_neighbors(&cands, 3, fill, between).iter().map(|c| c.node).collect::<Vec<_>>();
+        assert_eq!(nodes(0), vec![1]);
+        assert_eq!(nodes(2), vec![1, 2]);
+        assert_eq!(nodes(8), vec![1, 2, 3], "never more than max");
+        let p = Params { m: 16, ef_construction: 64 };
+        assert_eq!((p.min_neighbors(0), p.min_neighbors(1)), (16, 0));
     }
 
     #[test]

@@ -140,34 +140,38 @@ pub fn descend<G: GraphStore + ?Sized>(graph: &mut G, query: &[f32], entry: Cand
 
 /// The HNSW neighbour-selection heuristic: walk the candidates nearest first and keep one
 /// only if it is nearer to the base than to every neighbour kept so far (so the links
-/// spread out in different directions). `between(a, b)` is the distance of two candidates.
+/// spread out in different directions); then, while fewer than `fill` are kept, add the
+/// nearest of the pruned ones (hnswlib's and pgvector's "keep pruned connections", which
+/// fill every list). `between(a, b)` is the distance of two candidates.
 pub fn select_neighbors(
     candidates: &[Candidate],
     max: usize,
+    fill: usize,
     mut between: impl FnMut(NodeId, NodeId) -> f32,
 ) -> Vec<Candidate> {
     let mut sorted: Vec<Candidate> = candidates.to_vec();
     sorted.sort();
     let mut kept: Vec<Candidate> = Vec::with_capacity(max);
-    let mut twins: Vec<Candidate> = Vec::new();
+    let mut pruned: Vec<Candidate> = Vec::new();
     for c in sorted {
         if kept.len() >= max {
             break;
         }
         if kept.iter().all(|k| between(c.node, k.node) > c.distance) {
             kept.push(c);
-        } else if c.distance == 0.0 {
-            twins.push(c);
+        } else {
+            pruned.push(c);
         }
     }
     // Exact duplicates of the base (distance 0) are pruned by the rule above, since they
     // are also at distance 0 from each other; keep them in the free slots, or a cluster of
     // identical vectors ends up linked in a thin chain that searches cannot get through.
-    for t in twins {
-        if kept.len() >= max {
-            break;
+    let fill = fill.min(max);
+    for p in pruned {
+        if kept.len() >= max || (p.distance != 0.0 && kept.len() >= fill) {
+            continue;
         }
-        kept.push(t);
+        kept.push(p);
     }
     kept
 }
