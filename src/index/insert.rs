@@ -240,7 +240,7 @@ pub fn replace_tuple(index: pg_sys::Relation, tid: Tid, before: &[u8], after: &[
 }
 
 /// Makes `element` the entry point if it is higher than the current one.
-fn raise_entry(index: pg_sys::Relation, element: Tid, level: u8) {
+pub fn raise_entry(index: pg_sys::Relation, element: Tid, level: u8) {
     update_meta(index, |meta| {
         let higher = !meta.entry.is_valid() || level > meta.entry_level;
         if higher {

@@ -29,23 +29,29 @@ pub struct Node {
 #[derive(Default)]
 pub struct TidHasher(u64);
 
+impl TidHasher {
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 impl Hasher for TidHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+            self.mix(b as u64);
         }
     }
     fn write_u16(&mut self, v: u16) {
-        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.mix(v as u64);
     }
     fn write_u32(&mut self, v: u32) {
-        self.0 = (self.0.rotate_left(5) ^ v as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.mix(v as u64);
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.mix(v);
     }
 }
 
@@ -64,6 +70,24 @@ pub struct DiskGraph {
 
 fn corrupted(what: String) -> ! {
     ereport!(ERROR, PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("akidb_hnsw index is corrupted: {what}"), "REINDEX the index.");
+}
+
+/// The fixed fields of the element tuple `item` at `tid`; an ERROR if it is not one.
+fn element_head(item: &[u8], tid: Tid) -> ElementHead {
+    ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)))
+}
+
+/// Walks the vector chunks from `next` on, reading each block with `read` and giving
+/// each chunk's values (bytes) to `each`.
+fn walk_chunks(mut next: Tid, mut read: impl FnMut(u32) -> Locked, mut each: impl FnMut(&[u8])) {
+    while next.is_valid() {
+        let b = read(next.block);
+        let page = b.page();
+        let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
+        let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
+        each(values);
+        next = after;
+    }
 }
 
 /// Little-endian f32s in page bytes, without a copy when aligned (they always are:
@@ -89,7 +113,7 @@ impl DiskGraph {
         if !tid.is_valid() {
             return None;
         }
-        let (mut node, mut next) = {
+        let (mut node, next) = {
             let b = Locked::read(self.rel, tid.block, false);
             let page = b.page();
             let item = page.item(tid.offset)?;
@@ -107,14 +131,8 @@ impl DiskGraph {
             };
             (node, header.next_chunk)
         };
-        while next.is_valid() {
-            let b = Locked::read(self.rel, next.block, false);
-            let page = b.page();
-            let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
-            let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
-            format::push_values(values, &mut node.vector);
-            next = after;
-        }
+        let rel = self.rel;
+        walk_chunks(next, |block| Locked::read(rel, block, false), |values| format::push_values(values, &mut node.vector));
         Some(node)
     }
 
@@ -167,12 +185,12 @@ impl GraphStore for DiskGraph {
     }
 }
 
-/// The graph as a scan reads it: nothing kept between calls (each element is read where
-/// it lies, its distance computed on the page), buffers found through the backend's
-/// hints, and the pages of the next neighbours prefetched while one is computed.
 /// How many elements ahead of the one being computed a scan starts loading.
 const LOOKAHEAD: usize = 2;
 
+/// The graph as a scan reads it: nothing kept between calls (each element is read where
+/// it lies, its distance computed on the page), buffers found through the backend's
+/// hints, and the pages of the next neighbours prefetched while one is computed.
 pub struct ScanGraph {
     rel: pg_sys::Relation,
     m: usize,
@@ -199,7 +217,7 @@ impl ScanGraph {
         let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
         let page = b.page();
         let item = page.item(tid.offset)?;
-        let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+        let head = element_head(item, tid);
         rows.extend(format::heap_tids(item));
         Some(head.deleted)
     }
@@ -220,30 +238,30 @@ impl GraphStore for ScanGraph {
             }
         }
         let metric = self.metric;
-        let (mut sum, mut done, mut next) = {
+        let (mut sum, mut done, next) = {
             let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
-            let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+            let head = element_head(item, tid);
             // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
             let v = unsafe { &*floats(format::inline_values(item), &mut self.scratch) };
             let n = v.len().min(query.len());
             (metric.partial(&query[..n], &v[..n]), v.len(), head.next_chunk)
         };
-        while next.is_valid() {
-            let b = Locked::read_hinted(self.rel, next.block, &mut self.hints);
-            let page = b.page();
-            let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
-            let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
-            // SAFETY: as above.
-            let v = unsafe { &*floats(values, &mut self.scratch) };
-            let end = (done + v.len()).min(query.len());
-            if done < end {
-                sum += metric.partial(&query[done..end], &v[..end - done]);
-            }
-            done += v.len();
-            next = after;
-        }
+        let (rel, hints, scratch) = (self.rel, &mut self.hints, &mut self.scratch);
+        walk_chunks(
+            next,
+            |block| Locked::read_hinted(rel, block, hints),
+            |values| {
+                // SAFETY: as above (the chunk's page is locked while `each` runs).
+                let v = unsafe { &*floats(values, scratch) };
+                let end = (done + v.len()).min(query.len());
+                if done < end {
+                    sum += metric.partial(&query[done..end], &v[..end - done]);
+                }
+                done += v.len();
+            },
+        );
         if done != query.len() {
             corrupted(format!("element ({}, {}) holds {done} values, the index has {}", tid.block, tid.offset, query.len()));
         }
@@ -261,7 +279,7 @@ impl GraphStore for ScanGraph {
             let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return };
-            let head = ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
+            let head = element_head(item, tid);
             if head.neighbors.block == tid.block {
                 let bytes = page.item(head.neighbors.offset).unwrap_or_else(|| corrupted(format!("missing neighbour tuple ({}, {})", tid.block, head.neighbors.offset)));
                 format::neighbors_on(bytes, m, level, &mut self.tids).unwrap_or_else(|e| corrupted(e.to_string()));

@@ -12,7 +12,7 @@ use akidb_core::hnsw::Params;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::insert::replace_tuple;
+use super::insert::{raise_entry, replace_tuple};
 use super::page::{nblocks, read_meta, read_tuple, update_meta, Locked, Wal};
 use super::store::DiskGraph;
 
@@ -176,15 +176,8 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         // An insert that wrote a top-level element after `all` was read, and compared
         // its level with the old entry's, did not raise the entry: look again, now that
         // any later insert compares with the new entry.
-        if let Some(top) = elements(index).iter().filter(|e| !e.2).max_by_key(|e| e.1).copied() {
-            update_meta(index, |m| {
-                let higher = !m.entry.is_valid() || top.1 > m.entry_level;
-                if higher {
-                    m.entry = top.0;
-                    m.entry_level = top.1;
-                }
-                higher
-            });
+        if let Some(top) = elements(index).iter().filter(|e| !e.2).max_by_key(|e| e.1) {
+            raise_entry(index, top.0, top.1);
         }
     }
 }

@@ -312,5 +312,3 @@ mod oracle {
         assert!(ours >= theirs - 0.01, "akidb {ours} < hnsw_rs {theirs}");
     }
 }
-
-
