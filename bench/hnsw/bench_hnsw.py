@@ -3,7 +3,8 @@
 (bench/hnsw.sh starts it): fashion-mnist-784-euclidean (Debian dataset-fashion-mnist:
 60,000 base vectors, queries from the test set), same m / ef_construction, same
 max_parallel_maintenance_workers and maintenance_work_mem, one client, prepared
-statements. Recall@10 against brute force, QPS for ef_search 10..320, build time and
+statements, the query vector sent in the binary format (as pgvector-python sends numpy
+arrays; both extensions read it with the same layout). Recall@10 against brute force, QPS for ef_search 10..320, build time and
 index size. Writes JSON and a PNG; asserts nothing."""
 import argparse
 import gzip
@@ -23,9 +24,29 @@ def load_idx(path, n):
         return np.frombuffer(f.read(n * 784), dtype=np.uint8).reshape(n, 784).astype(np.float32)
 
 
+def binary_dumper(conn):
+    """A psycopg dumper sending float4 numpy arrays in the vector type's binary format
+    (dims int16, unused int16, big-endian float4s) with the oid of `vector` as the
+    connection's search_path resolves it (pgvector's type or akidb's)."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+    oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
+
+    class VectorBinaryDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj):
+            return len(obj).to_bytes(2, "big") + b"\0\0" + obj.astype(">f4").tobytes()
+
+    VectorBinaryDumper.oid = oid
+    conn.adapters.register_dumper(np.ndarray, VectorBinaryDumper)
+
+
 def vec_text(v):
     return "[" + ",".join(str(int(x)) if float(x).is_integer() else repr(float(x)) for x in v) + "]"
 
+
+QUERY = "SELECT id FROM fm ORDER BY v <-> %b LIMIT 10"
 
 SYSTEMS = {
     "pgvector": {"schema": "pgv", "am": "hnsw", "ef": "hnsw.ef_search"},
@@ -55,6 +76,7 @@ def main():
     result = {"dataset": f"fashion-mnist-784-euclidean ({args.n} base, {args.queries} queries)",
               "m": args.m, "ef_construction": args.ef_construction,
               "max_parallel_maintenance_workers": args.workers, "machine": args.machine,
+              "client": "psycopg, one connection, prepared statement, query vector as a binary parameter",
               "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
               "systems": {}}
     for name, s in SYSTEMS.items():
@@ -79,15 +101,15 @@ def main():
             size = c.execute("SELECT pg_relation_size('fm_idx')").fetchone()[0]
             points = []
             c.execute("SET enable_seqscan = off")
+            binary_dumper(c)
             for ef in [int(x) for x in args.efs.split(",")]:
                 c.execute(f"SET {s['ef']} = {ef}")
-                texts = [vec_text(q) for q in queries]
-                for t in texts[:20]:  # warm the cache and the prepared statement
-                    c.execute("SELECT id FROM fm ORDER BY v <-> %s::vector LIMIT 10", (t,), prepare=True).fetchall()
+                for q in queries[:20]:  # warm the cache and the prepared statement
+                    c.execute(QUERY, (q,), prepare=True).fetchall()
                 hits = 0
                 t0 = time.perf_counter()
-                for t, want in zip(texts, truth):
-                    got = c.execute("SELECT id FROM fm ORDER BY v <-> %s::vector LIMIT 10", (t,), prepare=True).fetchall()
+                for q, want in zip(queries, truth):
+                    got = c.execute(QUERY, (q,), prepare=True).fetchall()
                     hits += len(want & {r[0] for r in got})
                 dt = time.perf_counter() - t0
                 points.append({"ef_search": ef, "recall": hits / (10 * len(queries)), "qps": len(queries) / dt})

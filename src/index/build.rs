@@ -178,7 +178,8 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
     for i in 0..tids.len() {
         let inline = format::inline_count(dims, g.levels[i], m);
         chunks_at.push(format::chunk_sizes(dims, inline).iter().map(|&s| plan.place(s)).collect());
-        let (es, ns) = (format::element_size(inline), format::neighbors_size(g.levels[i], m));
+        let code = format::code_len(dims, g.levels[i], m);
+        let (es, ns) = (format::element_size(code, inline), format::neighbors_size(g.levels[i], m));
         if !plan.fits(&[es, ns]) {
             plan.next_page();
         }
@@ -236,6 +237,7 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
             neighbors: neighbors_at[i],
             next_chunk: chunks.first().copied().unwrap_or(Tid::INVALID),
             dims: dims as u16,
+            code: (format::code_len(dims, g.levels[i], m) > 0).then(|| format::Code::of(v)),
             inline: v[..inline].to_vec(),
         };
         put(element_at[i], &element.encode());

@@ -113,6 +113,11 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                 format::KIND_ELEMENT => match Element::decode_header(item) {
                     Ok(e) => {
                         stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
+                        if let Some((_, scale, code)) = format::element_code(item) {
+                            if code.len() != e.dims as usize || !scale.is_finite() || scale < 0.0 {
+                                problems.push(format!("({block},{off}): a code of {} bytes (scale {scale}) for {} dimensions", code.len(), e.dims));
+                            }
+                        }
                         let info = ElementInfo {
                             level: e.level,
                             deleted: e.deleted,

@@ -161,6 +161,8 @@ fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, 
         next = append(index, &format::encode_chunk(&rest[s..end], next));
     }
     let neighbors = format::encode_neighbors(level, m, lists);
+    let code_len = format::code_len(v.len(), level, m);
+    let code = (code_len > 0).then(|| format::Code::of(v));
     let element = move |at: Tid| Element {
         level,
         deleted: false,
@@ -168,11 +170,12 @@ fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, 
         neighbors: Tid { block: at.block, offset: at.offset + 1 },
         next_chunk: next,
         dims: v.len() as u16,
+        code: code.clone(),
         inline: v[..inline].to_vec(),
     };
     // The element's tid decides the neighbour tuple's (the next line pointer), so the
     // element is encoded once its page is known.
-    append_pair(index, format::element_size(inline), &|at| element(at).encode(), &neighbors)
+    append_pair(index, format::element_size(code_len, inline), &|at| element(at).encode(), &neighbors)
 }
 
 /// Adds the element (made from its tid) and, right after it, the neighbour tuple, on

@@ -1,5 +1,6 @@
 //! ORDER BY col <op> constant: descend from the entry point, search level 0 with
-//! akidb.hnsw_ef_search candidates, return them nearest first. With iterative scans
+//! akidb.hnsw_ef_search candidates (comparing 8-bit codes where elements carry them),
+//! re-rank those with their exact distances, return them nearest first. With iterative scans
 //! (akidb.hnsw_iterative_scan) a scan that runs out searches again with a larger list,
 //! returning only rows it has not returned yet, until akidb.hnsw_max_scan_tuples.
 
@@ -64,8 +65,15 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
         return;
     }
     let mut g = ScanGraph::new(index, meta.m as usize, meta.metric);
-    let mut visited: TidSet = TidSet::default();
-    let found = knn(&mut g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
+    let mut visited = TidSet::with_capacity_and_hasher(st.ef * 2 * meta.m as usize, Default::default());
+    let mut found = knn(&mut g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
+    if g.estimated {
+        // The walk compared codes: the ef found are re-ranked with their exact distances.
+        for c in found.iter_mut() {
+            c.distance = g.exact(&st.query, Tid::from_node(c.node));
+        }
+        found.sort();
+    }
     let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;
     let first_round = st.returned.is_empty();
     let mut rows = Vec::new();

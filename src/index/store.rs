@@ -189,8 +189,9 @@ impl GraphStore for DiskGraph {
 const LOOKAHEAD: usize = 2;
 
 /// The graph as a scan reads it: nothing kept between calls (each element is read where
-/// it lies, its distance computed on the page), buffers found through the backend's
-/// hints, and the pages of the next neighbours prefetched while one is computed.
+/// it lies, its distance computed on the page from its 8-bit code, or its values if it
+/// has none), buffers found through the backend's hints, and the pages of the next
+/// neighbours prefetched while one is computed. [`ScanGraph::exact`] re-ranks.
 pub struct ScanGraph {
     rel: pg_sys::Relation,
     m: usize,
@@ -201,11 +202,13 @@ pub struct ScanGraph {
     /// The nodes the search said it will read next, and how far it got.
     upcoming: Vec<NodeId>,
     next: usize,
+    /// Whether some distance came from a code (the results need re-ranking).
+    pub estimated: bool,
 }
 
 impl ScanGraph {
     pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0 }
+        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0, estimated: false }
     }
 
     /// Whether the element at `tid` is deleted, and its heap rows (appended to `rows`);
@@ -221,21 +224,11 @@ impl ScanGraph {
         rows.extend(format::heap_tids(item));
         Some(head.deleted)
     }
-}
 
-impl GraphStore for ScanGraph {
-    fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
-        let tid = Tid::from_node(node);
+    /// The exact distance from `query` to the element at `tid`, from its float4 values.
+    pub fn exact(&mut self, query: &[f32], tid: Tid) -> f32 {
         if !tid.is_valid() {
             return f32::INFINITY;
-        }
-        // While this one is computed, the next one's tuple loads (its page header was
-        // prefetched when the batch was announced).
-        if self.upcoming.get(self.next) == Some(&node) {
-            self.next += 1;
-            if let Some(&after) = self.upcoming.get(self.next + LOOKAHEAD - 1) {
-                self.hints.prefetch_tuple(Tid::from_node(after), 4 * query.len() + 128);
-            }
         }
         let metric = self.metric;
         let (mut sum, mut done, next) = {
@@ -266,6 +259,37 @@ impl GraphStore for ScanGraph {
             corrupted(format!("element ({}, {}) holds {done} values, the index has {}", tid.block, tid.offset, query.len()));
         }
         metric.finish(sum)
+    }
+}
+
+impl GraphStore for ScanGraph {
+    fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
+        let tid = Tid::from_node(node);
+        if !tid.is_valid() {
+            return f32::INFINITY;
+        }
+        // While this one is computed, the next one's tuple loads (its page header was
+        // prefetched when the batch was announced).
+        if self.upcoming.get(self.next) == Some(&node) {
+            self.next += 1;
+            if let Some(&after) = self.upcoming.get(self.next + LOOKAHEAD - 1) {
+                self.hints.prefetch_tuple(Tid::from_node(after), 4 * query.len() + 128);
+            }
+        }
+        {
+            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let page = b.page();
+            let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
+            element_head(item, tid);
+            if let Some((min, scale, code)) = format::element_code(item) {
+                if code.len() != query.len() {
+                    corrupted(format!("element ({}, {}) has a code of {} values, the index has {}", tid.block, tid.offset, code.len(), query.len()));
+                }
+                self.estimated = true;
+                return self.metric.coded(query, code, min, scale);
+            }
+        }
+        self.exact(query, tid)
     }
 
     fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {

@@ -30,6 +30,12 @@ pub struct Kernels {
     pub l1: fn(&[f32], &[f32]) -> f32,
     /// (Σ a·b, Σ a², Σ b²) in one pass
     pub cosine_parts: fn(&[f32], &[f32]) -> (f32, f32, f32),
+    /// Σ a·x̂ against an 8-bit code: x̂ᵢ = min + scale·codeᵢ (see [`Code`])
+    pub dot_u8: fn(&[f32], &[u8], f32, f32) -> f32,
+    /// Σ (a-x̂)² against an 8-bit code
+    pub l2_squared_u8: fn(&[f32], &[u8], f32, f32) -> f32,
+    /// Σ |a-x̂| against an 8-bit code
+    pub l1_u8: fn(&[f32], &[u8], f32, f32) -> f32,
 }
 
 /// The scalar reference kernels.
@@ -39,7 +45,42 @@ pub const SCALAR: Kernels = Kernels {
     l2_squared: scalar::l2_squared,
     l1: scalar::l1,
     cosine_parts: scalar::cosine_parts,
+    dot_u8: scalar::dot_u8,
+    l2_squared_u8: scalar::l2_squared_u8,
+    l1_u8: scalar::l1_u8,
 };
+
+/// An 8-bit scalar code of a vector: value i is about `min + scale * bytes[i]`, within
+/// `scale / 2`. Per vector (its own min and max), so coding needs no training and an
+/// insert codes its vector alone. The HNSW index walks its graph on these (a quarter of
+/// the bytes of the float4 values) and re-ranks the best candidates exactly.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Code {
+    pub min: f32,
+    pub scale: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl Code {
+    pub fn of(v: &[f32]) -> Code {
+        let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+        if v.is_empty() || !(hi - lo).is_finite() {
+            return Code { min: if lo.is_finite() { lo } else { 0.0 }, scale: 0.0, bytes: vec![0; v.len()] };
+        }
+        let scale = (hi - lo) / 255.0;
+        let bytes = if scale > 0.0 {
+            v.iter().map(|&x| ((x - lo) / scale).round().clamp(0.0, 255.0) as u8).collect()
+        } else {
+            vec![0; v.len()]
+        };
+        Code { min: lo, scale, bytes }
+    }
+
+    /// The values the code stands for.
+    pub fn decode(&self) -> Vec<f32> {
+        self.bytes.iter().map(|&c| self.scale.mul_add(c as f32, self.min)).collect()
+    }
+}
 
 /// Every kernel set this CPU can run, best first; the last is always [`SCALAR`].
 pub fn available() -> Vec<Kernels> {
@@ -159,6 +200,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn codes_are_within_half_a_step_and_every_isa_agrees_on_them() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for &n in &[1usize, 7, 8, 15, 16, 17, 33, 784, 1000, 4096] {
+            let a: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-0.2..0.5)).collect();
+            let code = Code::of(&v);
+            let x = code.decode();
+            for (orig, back) in v.iter().zip(&x) {
+                assert!((orig - back).abs() <= code.scale * 0.5001 + 1e-7, "n={n}: {orig} coded as {back}");
+            }
+            for k in &available() {
+                let ctx = format!("{} n={n}", k.name);
+                let (min, scale, c) = (code.min, code.scale, code.bytes.as_slice());
+                assert_close((k.dot_u8)(&a, c, min, scale), reference(&a, &x, |p, q| p * q), &format!("dot_u8 {ctx}"));
+                assert_close((k.l2_squared_u8)(&a, c, min, scale), reference(&a, &x, |p, q| (p - q) * (p - q)), &format!("l2_u8 {ctx}"));
+                assert_close((k.l1_u8)(&a, c, min, scale), reference(&a, &x, |p, q| (p - q).abs()), &format!("l1_u8 {ctx}"));
+            }
+        }
+        // Integer data in 0..=255 (fashion-mnist pixels) with both ends present codes exactly.
+        let pixels: Vec<f32> = (0..784).map(|i| ((i * 37) % 256) as f32).collect();
+        assert_eq!(Code::of(&pixels).decode(), pixels);
+        // A constant vector, and values that are not finite, code without NaNs.
+        assert_eq!(Code::of(&[2.5; 9]).decode(), vec![2.5; 9]);
+        assert!(Code::of(&[0.0, f32::INFINITY]).decode().iter().all(|x| x.is_finite()));
     }
 
     #[test]

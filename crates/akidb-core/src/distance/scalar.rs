@@ -22,3 +22,21 @@ pub fn cosine_parts(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     }
     (d, na, nb)
 }
+
+/// The value an 8-bit code stands for: `min + scale * c`.
+#[inline]
+fn decoded(c: u8, min: f32, scale: f32) -> f32 {
+    scale.mul_add(c as f32, min)
+}
+
+pub fn dot_u8(a: &[f32], c: &[u8], min: f32, scale: f32) -> f32 {
+    a.iter().zip(c).map(|(x, &y)| x * decoded(y, min, scale)).sum()
+}
+
+pub fn l2_squared_u8(a: &[f32], c: &[u8], min: f32, scale: f32) -> f32 {
+    a.iter().zip(c).map(|(x, &y)| (x - decoded(y, min, scale)) * (x - decoded(y, min, scale))).sum()
+}
+
+pub fn l1_u8(a: &[f32], c: &[u8], min: f32, scale: f32) -> f32 {
+    a.iter().zip(c).map(|(x, &y)| (x - decoded(y, min, scale)).abs()).sum()
+}

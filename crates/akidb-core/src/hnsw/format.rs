@@ -1,4 +1,4 @@
-//! The on-disk format of an `akidb_hnsw` index, in one place. Version 1.
+//! The on-disk format of an `akidb_hnsw` index, in one place. Version 2.
 //!
 //! Block 0 is the metapage; every other block holds element, vector-chunk and neighbour
 //! tuples (PostgreSQL pages: header, line pointers, tuples, an 8-byte special space).
@@ -9,20 +9,27 @@
 //! special space      PageOpaque: page magic 0xAK1D, page kind (meta / graph)
 //! element tuple      kind=1 | level | deleted | heap tid count | up to 10 heap tids (6 each,
 //!                    identical vectors share an element) | neighbours tid (6) |
-//!                    next chunk tid (6) | inline count u16 | dims u16 | inline f32s
+//!                    next chunk tid (6) | inline count u16 | dims u16 | code length u16 |
+//!                    pad(2) | code min f32 | code scale f32 | pad(4) | code (u8 each,
+//!                    padded to 4) | inline f32s
 //! chunk tuple        kind=3 | pad(3) | next chunk tid (8) | count u16 | pad(2) | f32s
 //! neighbour tuple    kind=2 | level | pad(2) | slots: level 0 has 2m, each level above m,
 //!                    6 bytes each (block u32, offset u16); empty slots are INVALID
 //! ```
 //!
 //! A tid is stored as block u32 + offset u16. An element and its neighbour tuple always
-//! share a page; the values that do not fit beside them ([`inline_count`]) continue in
-//! chunk tuples, so 16,000-dimension vectors are indexable. All integers are little-endian.
+//! share a page. An element carries the 8-bit code of its vector ([`Code`]) whenever the
+//! code fits beside its neighbour tuple ([`code_len`]: up to about 7,000 dimensions);
+//! searches walk the graph on codes and re-rank with the float4 values, which such an
+//! element keeps in chunk tuples (read only to re-rank). An element without a code holds
+//! the values that fit beside it ([`inline_count`]) and continues in chunk tuples, so
+//! 16,000-dimension vectors are indexable. All integers are little-endian.
 
 use super::Metric;
+pub use crate::distance::Code;
 
 pub const MAGIC: u32 = 0x414B_4831; // "AKH1"
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const META_BLOCK: u32 = 0;
 pub const PAGE_MAGIC: u16 = 0xA41D;
 pub const PAGE_META: u16 = 1;
@@ -39,7 +46,9 @@ pub const MAX_TUPLE: usize = 8000;
 
 /// Heap rows one element can stand for (rows with identical vectors share it).
 pub const MAX_HEAP_TIDS: usize = 10;
-const ELEMENT_HEADER: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4;
+const ELEMENT_HEADER: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4 + 16;
+/// Where the code's fields start in an element tuple.
+const CODE_FIELDS: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4;
 const CHUNK_HEADER: usize = 16;
 pub const MAX_CHUNK: usize = (MAX_TUPLE - CHUNK_HEADER) / 4;
 /// Neighbour tuples stay under this size (it bounds the levels for large m).
@@ -56,9 +65,29 @@ fn maxalign_room(len: usize) -> usize {
     (len + 7) / 8 * 8 + LINE_POINTER
 }
 
-/// How many of `dims` values an element of `level` holds itself, so that it and its
-/// neighbour tuple fit one page; the rest go to chunk tuples.
+fn round4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// The length of the code an element of `level` carries: `dims` if the element with its
+/// code fits one page beside its neighbour tuple, else 0 (no code).
+pub fn code_len(dims: usize, level: u8, m: usize) -> usize {
+    let size = ELEMENT_HEADER + round4(dims);
+    let fits = size <= MAX_TUPLE && maxalign_room(size) + maxalign_room(neighbors_size(level, m)) <= PAGE_ROOM;
+    if fits && dims <= u16::MAX as usize {
+        dims
+    } else {
+        0
+    }
+}
+
+/// How many of `dims` values an element of `level` holds itself; the rest go to chunk
+/// tuples. None if it carries a code (all its values are in chunks), else as many as
+/// fit so that it and its neighbour tuple share one page.
 pub fn inline_count(dims: usize, level: u8, m: usize) -> usize {
+    if code_len(dims, level, m) > 0 {
+        return 0;
+    }
     let left = PAGE_ROOM - maxalign_room(neighbors_size(level, m)) - LINE_POINTER - ELEMENT_HEADER;
     let fit = (left / 8 * 8) / 4;
     dims.min(fit).min((MAX_TUPLE - ELEMENT_HEADER) / 4)
@@ -194,12 +223,14 @@ pub struct Element {
     pub neighbors: Tid,
     pub next_chunk: Tid,
     pub dims: u16,
+    /// The 8-bit code of the whole vector, if the element carries one ([`code_len`]).
+    pub code: Option<Code>,
     /// The first [`inline_count`] values.
     pub inline: Vec<f32>,
 }
 
-pub fn element_size(inline: usize) -> usize {
-    ELEMENT_HEADER + 4 * inline
+pub fn element_size(code_len: usize, inline: usize) -> usize {
+    ELEMENT_HEADER + round4(code_len) + 4 * inline
 }
 
 /// Sizes of the chunk tuples for the values after the first `inline` of `dims`.
@@ -224,7 +255,8 @@ fn slots(level: u8, m: usize) -> usize {
 
 impl Element {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; ELEMENT_HEADER + 4 * self.inline.len()];
+        let code = self.code.as_ref().map_or(&[][..], |c| c.bytes.as_slice());
+        let mut b = vec![0u8; element_size(code.len(), self.inline.len())];
         b[0] = KIND_ELEMENT;
         b[1] = self.level;
         b[2] = self.deleted as u8;
@@ -237,8 +269,16 @@ impl Element {
         self.next_chunk.put(&mut b[h + 6..h + 12]);
         b[h + 12..h + 14].copy_from_slice(&(self.inline.len() as u16).to_le_bytes());
         b[h + 14..h + 16].copy_from_slice(&self.dims.to_le_bytes());
+        let c = CODE_FIELDS;
+        b[c..c + 2].copy_from_slice(&(code.len() as u16).to_le_bytes());
+        if let Some(code) = &self.code {
+            b[c + 4..c + 8].copy_from_slice(&code.min.to_le_bytes());
+            b[c + 8..c + 12].copy_from_slice(&code.scale.to_le_bytes());
+        }
+        b[ELEMENT_HEADER..ELEMENT_HEADER + code.len()].copy_from_slice(code);
+        let start = ELEMENT_HEADER + round4(code.len());
         for (i, v) in self.inline.iter().enumerate() {
-            b[ELEMENT_HEADER + 4 * i..ELEMENT_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            b[start + 4 * i..start + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
         }
         b
     }
@@ -253,12 +293,14 @@ impl Element {
             neighbors: h.neighbors,
             next_chunk: h.next_chunk,
             dims: h.dims,
+            code: None,
             inline: Vec::new(),
         })
     }
 
     pub fn decode(b: &[u8]) -> Result<Element, FormatError> {
         let mut e = Element::decode_header(b)?;
+        e.code = element_code(b).map(|(min, scale, bytes)| Code { min, scale, bytes: bytes.to_vec() });
         push_values(inline_values(b), &mut e.inline);
         Ok(e)
     }
@@ -283,7 +325,7 @@ impl ElementHead {
             return Err(FormatError::BadKind { expected: KIND_ELEMENT, found: b[0] });
         }
         let h = 4 + 6 * MAX_HEAP_TIDS;
-        if b.len() < ELEMENT_HEADER + 4 * inline_len(b) || b[3] as usize > MAX_HEAP_TIDS {
+        if b.len() < element_size(code_bytes(b), inline_len(b)) || b[3] as usize > MAX_HEAP_TIDS {
             return Err(FormatError::Truncated("element"));
         }
         Ok(ElementHead {
@@ -301,10 +343,29 @@ pub fn heap_tids(b: &[u8]) -> impl Iterator<Item = Tid> + '_ {
     (0..(b[3] as usize).min(MAX_HEAP_TIDS)).map(move |i| Tid::get(&b[4 + 6 * i..10 + 6 * i]))
 }
 
-/// The byte range of an element's inline values within its tuple.
+/// The byte range of an element's inline values within its tuple (parsed with
+/// [`ElementHead::parse`] first).
 pub fn inline_values(b: &[u8]) -> &[u8] {
-    let n = inline_len(b);
-    &b[ELEMENT_HEADER..ELEMENT_HEADER + 4 * n]
+    let start = ELEMENT_HEADER + round4(code_bytes(b));
+    &b[start..start + 4 * inline_len(b)]
+}
+
+fn code_bytes(b: &[u8]) -> usize {
+    u16::from_le_bytes([b[CODE_FIELDS], b[CODE_FIELDS + 1]]) as usize
+}
+
+/// An element's code in place: (min, scale, bytes); None if it carries none (parsed with
+/// [`ElementHead::parse`] first).
+#[inline]
+pub fn element_code(b: &[u8]) -> Option<(f32, f32, &[u8])> {
+    let n = code_bytes(b);
+    if n == 0 {
+        return None;
+    }
+    let c = CODE_FIELDS;
+    let min = f32::from_le_bytes(b[c + 4..c + 8].try_into().unwrap());
+    let scale = f32::from_le_bytes(b[c + 8..c + 12].try_into().unwrap());
+    Some((min, scale, &b[ELEMENT_HEADER..ELEMENT_HEADER + n]))
 }
 
 /// A chunk's values (bytes) and the next chunk.
@@ -486,11 +547,22 @@ mod tests {
             neighbors: Tid { block: 3, offset: 4 },
             next_chunk: Tid::INVALID,
             dims: 3,
+            code: None,
             inline: vec![1.5, -2.0, 3.25],
         };
         let mut b = e.encode();
-        assert_eq!(b.len(), element_size(3));
+        assert_eq!(b.len(), element_size(0, 3));
         assert_eq!(Element::decode(&b).unwrap(), e);
+        assert_eq!(element_code(&b), None);
+        // With a code (5 bytes, padded to 8) and its values in chunks.
+        let coded = Element { dims: 5, code: Some(Code::of(&[1.0, 2.0, 3.0, 4.0, 5.5])), inline: vec![], ..e.clone() };
+        let cb = coded.encode();
+        assert_eq!(cb.len(), element_size(5, 0));
+        assert_eq!(Element::decode(&cb).unwrap(), coded);
+        let (min, scale, bytes) = element_code(&cb).unwrap();
+        assert_eq!((min, scale, bytes), (1.0, 4.5 / 255.0, coded.code.as_ref().unwrap().bytes.as_slice()));
+        assert!(inline_values(&cb).is_empty());
+        assert!(ElementHead::parse(&cb[..cb.len() - 4]).is_err());
         set_deleted(&mut b);
         assert!(Element::decode_header(&b).unwrap().deleted);
         assert!(set_heap_tids(&mut b, &[Tid { block: 7, offset: 7 }]));
@@ -522,10 +594,11 @@ mod tests {
             let top = max_level(m);
             assert!(neighbors_size(top, m) <= MAX_NEIGHBORS_TUPLE, "m {m}");
             for level in 0..=top {
-                for dims in [1usize, 3, 784, 1024, 2560, 4096, 16_000] {
-                    let inline = inline_count(dims, level, m);
+                for dims in [1usize, 3, 784, 1024, 2560, 4096, 7000, 8000, 16_000] {
+                    let (code, inline) = (code_len(dims, level, m), inline_count(dims, level, m));
+                    assert!(code == 0 || (code == dims && inline == 0), "m {m} level {level} dims {dims}");
                     let mut p = PagePlanner::new(1);
-                    assert!(p.fits(&[element_size(inline), neighbors_size(level, m)]), "m {m} level {level} dims {dims}");
+                    assert!(p.fits(&[element_size(code, inline), neighbors_size(level, m)]), "m {m} level {level} dims {dims}");
                     let chunks = chunk_sizes(dims, inline);
                     let stored = inline + chunks.iter().map(|s| (s - CHUNK_HEADER) / 4).sum::<usize>();
                     assert_eq!(stored, dims);
@@ -534,8 +607,13 @@ mod tests {
                 }
             }
         }
-        // 784 dims (fashion-mnist) and 1,024 (Qwen3-0.6B) need no chunk at m = 16.
-        assert_eq!(inline_count(1024, 0, 16), 1024);
+        // Up to 4,096 dims (Qwen3-8B) every element carries a code at m = 16, on any
+        // level; 16,000 dims do not, and hold what fits of their values.
+        for level in 0..=max_level(16) {
+            assert_eq!(code_len(4096, level, 16), 4096);
+        }
+        assert_eq!(code_len(16_000, 0, 16), 0);
+        assert!(inline_count(16_000, 0, 16) > 1500);
     }
 
     #[test]

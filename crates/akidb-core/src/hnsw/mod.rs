@@ -54,6 +54,19 @@ impl Metric {
         }
     }
 
+    /// The internal distance from a prepared query to a vector known by its 8-bit code
+    /// (an estimate: each value is within half a code step).
+    #[inline]
+    pub fn coded(self, query: &[f32], code: &[u8], min: f32, scale: f32) -> f32 {
+        let k = kernels();
+        match self {
+            Metric::L2 => (k.l2_squared_u8)(query, code, min, scale),
+            Metric::InnerProduct => -(k.dot_u8)(query, code, min, scale),
+            Metric::Cosine => 1.0 - (k.dot_u8)(query, code, min, scale),
+            Metric::L1 => (k.l1_u8)(query, code, min, scale),
+        }
+    }
+
     /// The additive part of the distance over a slice of the dimensions: a long vector's
     /// distance is [`Metric::finish`] of the sum of its parts' (every metric here is a
     /// sum over dimensions), so a vector split across tuples needs no copy.
