@@ -38,13 +38,14 @@ fn akidb_hnsw_info(
         name!(live, i64),
         name!(deleted, i64),
         name!(heap_tids, i64),
+        name!(coded, i64),
         name!(unreachable, i64),
         name!(top_level, i32),
         name!(pages, i64),
     ),
 > {
     let (_, s) = check(index);
-    TableIterator::once((s.elements, s.live, s.deleted, s.heap_tids, s.unreachable, s.top_level, s.pages))
+    TableIterator::once((s.elements, s.live, s.deleted, s.heap_tids, s.coded, s.unreachable, s.top_level, s.pages))
 }
 
 #[derive(Default)]
@@ -53,6 +54,8 @@ struct Stats {
     live: i64,
     deleted: i64,
     heap_tids: i64,
+    /// Elements that carry an 8-bit code (searches compare those on the code).
+    coded: i64,
     unreachable: i64,
     top_level: i32,
     pages: i64,
@@ -114,6 +117,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                     Ok(e) => {
                         stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
                         if let Some((_, scale, code)) = format::element_code(item) {
+                            stats.coded += 1;
                             if code.len() != e.dims as usize || !scale.is_finite() || scale < 0.0 {
                                 problems.push(format!("({block},{off}): a code of {} bytes (scale {scale}) for {} dimensions", code.len(), e.dims));
                             }

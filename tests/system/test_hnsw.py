@@ -88,6 +88,57 @@ def test_recall_wide_vectors(dims):
         c.execute("DROP TABLE wide")
 
 
+OPS = {"vector_l2_ops": "<->", "vector_ip_ops": "<#>", "vector_cosine_ops": "<=>", "vector_l1_ops": "<+>"}
+
+
+def numpy_distance(op, base, q):
+    if op == "<->":
+        return np.sqrt(((base - q) ** 2).sum(1))
+    if op == "<#>":
+        return -(base @ q)
+    if op == "<=>":
+        return 1 - (base @ q) / (np.linalg.norm(base, axis=1) * np.linalg.norm(q))
+    return np.abs(base - q).sum(1)
+
+
+@pytest.mark.parametrize("opclass", list(OPS))
+def test_coded_walk_returns_rows_in_exact_order(opclass):
+    """Elements carry 8-bit codes and the walk compares codes; the rows must still come
+    in exact distance order. Each vector has one large value, so its code's step is
+    coarse (about 0.3 against values of about 1): ordering by the codes alone would
+    mix up the top 10, and the re-ranking must put it right."""
+    op = OPS[opclass]
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((3000, 96)).astype(np.float32)
+    base[np.arange(3000), rng.integers(0, 96, 3000)] = rng.choice([-40.0, 40.0], 3000)
+    queries = rng.standard_normal((30, 96)).astype(np.float32)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS coded")
+        c.execute("CREATE TABLE coded (id int, v vector(96))")
+        fill(c, "coded", base[:2700])
+        c.execute(f"CREATE INDEX coded_idx ON coded USING akidb_hnsw (v {opclass})")
+        fill(c, "coded", base[2700:], start_id=2700)  # coded by inserts too
+        elements, coded = c.execute("SELECT elements, coded FROM akidb_hnsw_info('coded_idx'::regclass)").fetchone()
+        assert coded == elements == 3000
+        c.execute("SET enable_seqscan = off")
+        c.execute("SET akidb.hnsw_ef_search = 40")
+        hits, inversions = 0, 0
+        for q in queries:
+            rows = c.execute(f"SELECT id, v {op} %s FROM coded ORDER BY v {op} %s LIMIT 10", (vec_text(q), vec_text(q))).fetchall()
+            got = [r[1] for r in rows]
+            inversions += sum(1 for a, b in zip(got, got[1:]) if b < a - 1e-6 * max(1.0, abs(a)))
+            truth = set(np.argsort(numpy_distance(op, base, q), kind="stable")[:10].tolist())
+            hits += len(truth & {r[0] for r in rows})
+        r = hits / (10 * len(queries))
+        print(f"{opclass}: coarse codes, recall@10 {r:.3f}, {inversions} order inversions")
+        assert inversions == 0
+        # The graph walk itself is weak for L1 on this data: 0.80 with exact distances,
+        # 0.79 on codes (crates/akidb-core/examples/coded_walk.rs, same data).
+        assert r >= (0.75 if op == "<+>" else 0.9), r
+        check_clean(c, "coded_idx")
+        c.execute("DROP TABLE coded")
+
+
 def random_rows(rng, n, dims=16):
     return rng.standard_normal((n, dims)).astype(np.float32)
 
