@@ -116,10 +116,10 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                 format::KIND_ELEMENT => match Element::decode_header(item) {
                     Ok(e) => {
                         stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
-                        if let Some((_, scale, code)) = format::element_code(item) {
+                        if let Some(c) = format::element_code(item) {
                             stats.coded += 1;
-                            if code.len() != e.dims as usize || !scale.is_finite() || scale < 0.0 {
-                                problems.push(format!("({block},{off}): a code of {} bytes (scale {scale}) for {} dimensions", code.len(), e.dims));
+                            if c.bytes.len() != e.dims as usize || !(c.scale >= 0.0 && c.scale.is_finite()) || c.err.is_nan() {
+                                problems.push(format!("({block},{off}): a code of {} bytes (scale {}, error {}) for {} dimensions", c.bytes.len(), c.scale, c.err, e.dims));
                             }
                         }
                         let info = ElementInfo {

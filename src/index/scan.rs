@@ -1,13 +1,14 @@
 //! ORDER BY col <op> constant: descend from the entry point, search level 0 with
 //! akidb.hnsw_ef_search candidates (comparing 8-bit codes where elements carry them),
-//! re-rank those with their exact distances, return them nearest first. With iterative scans
+//! return them nearest first by exact distance, re-ranking them as they are asked for. With iterative scans
 //! (akidb.hnsw_iterative_scan) a scan that runs out searches again with a larger list,
 //! returning only rows it has not returned yet, until akidb.hnsw_max_scan_tuples.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 
 use akidb_core::hnsw::format::{Meta, Tid};
-use akidb_core::hnsw::search::knn;
+use akidb_core::hnsw::search::{knn, NodeId};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -20,14 +21,38 @@ use crate::settings::{self, IterativeScan};
 struct ScanState {
     started: bool,
     query: Vec<f32>,
-    /// (distance, heap tid) still to return, nearest first.
-    pending: Vec<(f32, Tid)>,
-    pos: usize,
+    /// The graph, kept for the whole scan (results are re-ranked as they are asked for).
+    graph: Option<ScanGraph>,
+    /// This round's candidates not yet re-ranked: (lower bound of the exact distance,
+    /// node), the lowest bound last.
+    unranked: Vec<(f32, NodeId)>,
+    /// Re-ranked candidates, nearest on top: (exact distance, node).
+    ranked: BinaryHeap<Reverse<(OrderedF32, NodeId)>>,
+    /// Heap rows of the element being returned: (distance, heap tid).
+    pending: VecDeque<(f32, Tid)>,
     /// Elements already returned (iterative scans skip them).
     returned: HashSet<Tid>,
+    first_round: bool,
+    /// Elements this round returned (a round that returns none ends an iterative scan).
+    round_returned: usize,
     ef: usize,
     last_distance: f32,
     exhausted: bool,
+}
+
+/// An f32 ordered by `total_cmp`, for the heap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderedF32(f32);
+impl Eq for OrderedF32 {}
+impl PartialOrd for OrderedF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrderedF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 #[pg_guard]
@@ -57,43 +82,72 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
+/// One round: the ef nearest by the graph walk (on codes where elements carry them),
+/// kept as candidates to re-rank.
 fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
-    st.pending.clear();
-    st.pos = 0;
+    st.unranked.clear();
+    st.ranked.clear();
+    st.first_round = st.returned.is_empty();
+    st.round_returned = 0;
     if !meta.entry.is_valid() {
         st.exhausted = true;
         return;
     }
-    let mut g = ScanGraph::new(index, meta.m as usize, meta.metric);
+    let g = st.graph.get_or_insert_with(|| ScanGraph::new(index, meta.m as usize, meta.metric));
+    g.reset();
     let mut visited = TidSet::with_capacity_and_hasher(st.ef * 2 * meta.m as usize, Default::default());
-    let mut found = knn(&mut g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
-    if g.estimated {
-        // The walk compared codes: the ef found are re-ranked with their exact distances.
-        for c in found.iter_mut() {
-            c.distance = g.exact(&st.query, Tid::from_node(c.node));
-        }
-        found.sort();
+    let found = knn(g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
+    if found.is_empty() {
+        st.exhausted = true;
     }
-    let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;
-    let first_round = st.returned.is_empty();
-    let mut rows = Vec::new();
     for c in found {
-        let tid = Tid::from_node(c.node);
-        if st.returned.contains(&tid) || (strict && !first_round && c.distance < st.last_distance) {
+        match g.lower_bound(c.node) {
+            Some(bound) => st.unranked.push((bound, c.node)),
+            None => st.ranked.push(Reverse((OrderedF32(c.distance), c.node))),
+        }
+    }
+    st.unranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+}
+
+/// The nearest candidate of this round not yet returned, by exact distance: candidates
+/// are re-ranked (their exact distance computed from their values) in the order of
+/// their lower bounds, only until no bound is below the nearest exact distance known.
+/// A LIMIT 10 scan with a long list so re-ranks little more than 10.
+fn next_ranked(st: &mut ScanState) -> Option<(f32, NodeId)> {
+    let g = st.graph.as_mut()?;
+    while let Some(&(bound, node)) = st.unranked.last() {
+        if st.ranked.peek().is_some_and(|Reverse((d, _))| d.0 <= bound) {
+            break;
+        }
+        st.unranked.pop();
+        let d = g.exact(&st.query, Tid::from_node(node));
+        st.ranked.push(Reverse((OrderedF32(d), node)));
+    }
+    st.ranked.pop().map(|Reverse((d, n))| (d.0, n))
+}
+
+/// Queues the heap rows of the next element to return; false when this round has none left.
+fn queue_next(st: &mut ScanState) -> bool {
+    let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;
+    let mut rows = Vec::new();
+    while let Some((d, node)) = next_ranked(st) {
+        let tid = Tid::from_node(node);
+        if st.returned.contains(&tid) || (strict && !st.first_round && d < st.last_distance) {
             continue;
         }
         rows.clear();
+        let g = st.graph.as_mut().expect("a round has a graph");
         if g.rows(tid, &mut rows) != Some(false) {
             continue;
         }
-        for &h in &rows {
-            st.pending.push((c.distance, h));
-        }
         st.returned.insert(tid);
+        st.round_returned += 1;
+        st.pending.extend(rows.iter().map(|&h| (d, h)));
+        if !st.pending.is_empty() {
+            return true;
+        }
     }
-    if st.pending.is_empty() {
-        st.exhausted = true;
-    }
+    false
 }
 
 #[pg_guard]
@@ -120,8 +174,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
         search(index, &meta, st);
     }
     loop {
-        if let Some(&(d, heap)) = st.pending.get(st.pos) {
-            st.pos += 1;
+        if let Some((d, heap)) = st.pending.pop_front() {
             st.last_distance = st.last_distance.max(d);
             // SAFETY: the scan descriptor is ours to fill.
             unsafe {
@@ -130,6 +183,12 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
                 (*scan).xs_recheck = false;
             }
             return true;
+        }
+        if queue_next(st) {
+            continue;
+        }
+        if st.round_returned == 0 {
+            st.exhausted = true;
         }
         let max = settings::HNSW_MAX_SCAN_TUPLES.get() as usize;
         if st.exhausted || settings::hnsw_iterative_scan() == IterativeScan::Off || st.returned.len() >= max || st.ef >= max {

@@ -204,11 +204,14 @@ pub struct ScanGraph {
     next: usize,
     /// Whether some distance came from a code (the results need re-ranking).
     pub estimated: bool,
+    /// For each element whose distance came from its code, a lower bound of the exact one.
+    bounds: std::collections::HashMap<NodeId, f32, BuildHasherDefault<TidHasher>>,
+    query_norm: Option<f32>,
 }
 
 impl ScanGraph {
     pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0, estimated: false }
+        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0, estimated: false, bounds: Default::default(), query_norm: None }
     }
 
     /// Whether the element at `tid` is deleted, and its heap rows (appended to `rows`);
@@ -223,6 +226,18 @@ impl ScanGraph {
         let head = element_head(item, tid);
         rows.extend(format::heap_tids(item));
         Some(head.deleted)
+    }
+
+    /// A lower bound of the exact distance of a node whose distance came from its code
+    /// (None if it came from the values, so it is exact).
+    pub fn lower_bound(&self, node: NodeId) -> Option<f32> {
+        self.bounds.get(&node).copied()
+    }
+
+    /// Forgets what the last search learnt (before the next one, with another `ef`).
+    pub fn reset(&mut self) {
+        self.estimated = false;
+        self.bounds.clear();
     }
 
     /// The exact distance from `query` to the element at `tid`, from its float4 values.
@@ -281,12 +296,15 @@ impl GraphStore for ScanGraph {
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
             element_head(item, tid);
-            if let Some((min, scale, code)) = format::element_code(item) {
-                if code.len() != query.len() {
-                    corrupted(format!("element ({}, {}) has a code of {} values, the index has {}", tid.block, tid.offset, code.len(), query.len()));
+            if let Some(c) = format::element_code(item) {
+                if c.bytes.len() != query.len() {
+                    corrupted(format!("element ({}, {}) has a code of {} values, the index has {}", tid.block, tid.offset, c.bytes.len(), query.len()));
                 }
                 self.estimated = true;
-                return self.metric.coded(query, code, min, scale);
+                let estimate = self.metric.coded(query, c.bytes, c.min, c.scale);
+                let norm = *self.query_norm.get_or_insert_with(|| query.iter().map(|x| x * x).sum::<f32>().sqrt());
+                self.bounds.insert(node, self.metric.lower_bound(estimate, c.err, norm, query.len(), c.scale));
+                return estimate;
             }
         }
         self.exact(query, tid)

@@ -58,22 +58,32 @@ pub const SCALAR: Kernels = Kernels {
 pub struct Code {
     pub min: f32,
     pub scale: f32,
+    /// ‖v - decoded‖ (rounded up): bounds how far a distance on the code can be from
+    /// the exact one (see `Metric::lower_bound`).
+    pub err: f32,
     pub bytes: Vec<u8>,
 }
 
 impl Code {
     pub fn of(v: &[f32]) -> Code {
         let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
-        if v.is_empty() || !(hi - lo).is_finite() {
-            return Code { min: if lo.is_finite() { lo } else { 0.0 }, scale: 0.0, bytes: vec![0; v.len()] };
-        }
-        let scale = (hi - lo) / 255.0;
-        let bytes = if scale > 0.0 {
-            v.iter().map(|&x| ((x - lo) / scale).round().clamp(0.0, 255.0) as u8).collect()
+        let mut code = if v.is_empty() || !(hi - lo).is_finite() {
+            Code { min: if lo.is_finite() { lo } else { 0.0 }, scale: 0.0, err: 0.0, bytes: vec![0; v.len()] }
         } else {
-            vec![0; v.len()]
+            let scale = (hi - lo) / 255.0;
+            let bytes = if scale > 0.0 {
+                v.iter().map(|&x| ((x - lo) / scale).round().clamp(0.0, 255.0) as u8).collect()
+            } else {
+                vec![0; v.len()]
+            };
+            Code { min: lo, scale, err: 0.0, bytes }
         };
-        Code { min: lo, scale, bytes }
+        let sq: f64 = v.iter().zip(code.decode()).map(|(&x, y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+        code.err = (sq.sqrt() * (1.0 + 1e-6)) as f32;
+        if code.err.is_nan() {
+            code.err = f32::INFINITY;
+        }
+        code
     }
 
     /// The values the code stands for.
@@ -213,6 +223,8 @@ mod tests {
             for (orig, back) in v.iter().zip(&x) {
                 assert!((orig - back).abs() <= code.scale * 0.5001 + 1e-7, "n={n}: {orig} coded as {back}");
             }
+            let residual = v.iter().zip(&x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+            assert!(code.err >= residual && code.err <= residual * 1.001 + 1e-6, "n={n}: err {} for {residual}", code.err);
             for k in &available() {
                 let ctx = format!("{} n={n}", k.name);
                 let (min, scale, c) = (code.min, code.scale, code.bytes.as_slice());

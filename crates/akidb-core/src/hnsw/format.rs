@@ -10,8 +10,8 @@
 //! element tuple      kind=1 | level | deleted | heap tid count | up to 10 heap tids (6 each,
 //!                    identical vectors share an element) | neighbours tid (6) |
 //!                    next chunk tid (6) | inline count u16 | dims u16 | code length u16 |
-//!                    pad(2) | code min f32 | code scale f32 | pad(4) | code (u8 each,
-//!                    padded to 4) | inline f32s
+//!                    pad(2) | code min f32 | code scale f32 | code error f32 | code (u8
+//!                    each, padded to 4) | inline f32s
 //! chunk tuple        kind=3 | pad(3) | next chunk tid (8) | count u16 | pad(2) | f32s
 //! neighbour tuple    kind=2 | level | pad(2) | slots: level 0 has 2m, each level above m,
 //!                    6 bytes each (block u32, offset u16); empty slots are INVALID
@@ -274,6 +274,7 @@ impl Element {
         if let Some(code) = &self.code {
             b[c + 4..c + 8].copy_from_slice(&code.min.to_le_bytes());
             b[c + 8..c + 12].copy_from_slice(&code.scale.to_le_bytes());
+            b[c + 12..c + 16].copy_from_slice(&code.err.to_le_bytes());
         }
         b[ELEMENT_HEADER..ELEMENT_HEADER + code.len()].copy_from_slice(code);
         let start = ELEMENT_HEADER + round4(code.len());
@@ -300,7 +301,7 @@ impl Element {
 
     pub fn decode(b: &[u8]) -> Result<Element, FormatError> {
         let mut e = Element::decode_header(b)?;
-        e.code = element_code(b).map(|(min, scale, bytes)| Code { min, scale, bytes: bytes.to_vec() });
+        e.code = element_code(b).map(|c| Code { min: c.min, scale: c.scale, err: c.err, bytes: c.bytes.to_vec() });
         push_values(inline_values(b), &mut e.inline);
         Ok(e)
     }
@@ -354,18 +355,26 @@ fn code_bytes(b: &[u8]) -> usize {
     u16::from_le_bytes([b[CODE_FIELDS], b[CODE_FIELDS + 1]]) as usize
 }
 
-/// An element's code in place: (min, scale, bytes); None if it carries none (parsed with
+/// An element's code, read in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodeRef<'a> {
+    pub min: f32,
+    pub scale: f32,
+    pub err: f32,
+    pub bytes: &'a [u8],
+}
+
+/// An element's code in place; None if it carries none (parsed with
 /// [`ElementHead::parse`] first).
 #[inline]
-pub fn element_code(b: &[u8]) -> Option<(f32, f32, &[u8])> {
+pub fn element_code(b: &[u8]) -> Option<CodeRef<'_>> {
     let n = code_bytes(b);
     if n == 0 {
         return None;
     }
     let c = CODE_FIELDS;
-    let min = f32::from_le_bytes(b[c + 4..c + 8].try_into().unwrap());
-    let scale = f32::from_le_bytes(b[c + 8..c + 12].try_into().unwrap());
-    Some((min, scale, &b[ELEMENT_HEADER..ELEMENT_HEADER + n]))
+    let f = |at: usize| f32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    Some(CodeRef { min: f(c + 4), scale: f(c + 8), err: f(c + 12), bytes: &b[ELEMENT_HEADER..ELEMENT_HEADER + n] })
 }
 
 /// A chunk's values (bytes) and the next chunk.
@@ -559,8 +568,10 @@ mod tests {
         let cb = coded.encode();
         assert_eq!(cb.len(), element_size(5, 0));
         assert_eq!(Element::decode(&cb).unwrap(), coded);
-        let (min, scale, bytes) = element_code(&cb).unwrap();
-        assert_eq!((min, scale, bytes), (1.0, 4.5 / 255.0, coded.code.as_ref().unwrap().bytes.as_slice()));
+        let c = element_code(&cb).unwrap();
+        let want = coded.code.as_ref().unwrap();
+        assert_eq!((c.min, c.scale, c.err, c.bytes), (1.0, 4.5 / 255.0, want.err, want.bytes.as_slice()));
+        assert!(c.err > 0.0);
         assert!(inline_values(&cb).is_empty());
         assert!(ElementHead::parse(&cb[..cb.len() - 4]).is_err());
         set_deleted(&mut b);

@@ -67,6 +67,26 @@ impl Metric {
         }
     }
 
+    /// A lower bound of the exact internal distance to a vector whose distance on its
+    /// code is `estimate`, from the code's error `err` (‖v - decoded‖), the query's norm
+    /// and the code's step: the triangle inequality for L2, Cauchy-Schwarz for inner
+    /// product and cosine, and per-value steps for L1. Less a margin for rounding.
+    pub fn lower_bound(self, estimate: f32, err: f32, query_norm: f32, dims: usize, scale: f32) -> f32 {
+        let bound = match self {
+            Metric::L2 => {
+                let d = estimate.max(0.0).sqrt() - err;
+                if d > 0.0 {
+                    d * d
+                } else {
+                    0.0
+                }
+            }
+            Metric::InnerProduct | Metric::Cosine => estimate - err * query_norm,
+            Metric::L1 => estimate - (err * (dims as f32).sqrt()).min(dims as f32 * scale * 0.5),
+        };
+        bound - 1e-4 * bound.abs().max(estimate.abs()) - 1e-6
+    }
+
     /// The additive part of the distance over a slice of the dimensions: a long vector's
     /// distance is [`Metric::finish`] of the sum of its parts' (every metric here is a
     /// sum over dimensions), so a vector split across tuples needs no copy.
@@ -189,6 +209,37 @@ mod tests {
             let whole = m.distance(&a, &b);
             let parts = m.finish(m.partial(&a[..37], &b[..37]) + m.partial(&a[37..], &b[37..]));
             assert!((whole - parts).abs() < 1e-4, "{m:?}: {whole} vs {parts}");
+        }
+    }
+
+    #[test]
+    fn code_lower_bounds_hold_for_every_metric() {
+        use crate::distance::Code;
+        let mut seed = 9u64;
+        let mut rnd = || {
+            seed = splitmix64(seed);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine, Metric::L1] {
+            let mut slack = 0.0f64;
+            for trial in 0..300 {
+                let dims = 1 + trial % 97;
+                let mut q: Vec<f32> = (0..dims).map(|_| rnd()).collect();
+                // Some vectors with one large value: a coarse code, a loose estimate.
+                let mut v: Vec<f32> = (0..dims).map(|i| if trial % 3 == 0 && i == 0 { 30.0 } else { rnd() }).collect();
+                if !metric.prepare(&mut q) || !metric.prepare(&mut v) {
+                    continue;
+                }
+                let code = Code::of(&v);
+                let qn = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let estimate = metric.coded(&q, &code.bytes, code.min, code.scale);
+                let exact = metric.distance(&q, &v);
+                let lb = metric.lower_bound(estimate, code.err, qn, dims, code.scale);
+                assert!(lb <= exact, "{metric:?} dims {dims}: bound {lb} above exact {exact} (estimate {estimate})");
+                slack += f64::from(exact - lb) / f64::from(exact.abs().max(1.0));
+            }
+            // Not vacuous: on average the bound is near the truth.
+            assert!(slack / 300.0 < 0.2, "{metric:?}: mean relative slack {}", slack / 300.0);
         }
     }
 
