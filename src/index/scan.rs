@@ -94,8 +94,10 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
         return;
     }
     let g = st.graph.get_or_insert_with(|| ScanGraph::new(index, meta.m as usize, meta.metric));
-    g.reset();
-    let mut visited = TidSet::with_capacity_and_hasher(st.ef * 2 * meta.m as usize, Default::default());
+    // Fewer than 2 * ef * m elements are seen on level 0 (and 50-100 above).
+    let expected = (2 * st.ef * meta.m as usize).max(256);
+    g.reset(expected);
+    let mut visited = TidSet::with_capacity_and_hasher(expected, Default::default());
     let found = knn(g, &st.query, meta.entry.node(), meta.entry_level, st.ef, &mut visited);
     if found.is_empty() {
         st.exhausted = true;

@@ -234,10 +234,12 @@ impl ScanGraph {
         self.bounds.get(&node).copied()
     }
 
-    /// Forgets what the last search learnt (before the next one, with another `ef`).
-    pub fn reset(&mut self) {
+    /// Forgets what the last search learnt, before the next one, which computes about
+    /// `distances` distances.
+    pub fn reset(&mut self, distances: usize) {
         self.estimated = false;
         self.bounds.clear();
+        self.bounds.reserve(distances);
     }
 
     /// The exact distance from `query` to the element at `tid`, from its float4 values.

@@ -129,13 +129,29 @@ pub fn search_level<G: GraphStore + ?Sized, V: Visited + ?Sized>(
 pub fn descend<G: GraphStore + ?Sized>(graph: &mut G, query: &[f32], entry: Candidate, top: u8, bottom: u8) -> Candidate {
     let mut cur = entry;
     let mut level = top;
+    let mut seen = FewVisited(Vec::with_capacity(64));
     while level > bottom {
-        let mut seen: HashSet<NodeId> = HashSet::new();
-        seen.insert(cur.node);
+        seen.0.clear();
+        seen.0.push(cur.node);
         cur = search_level(graph, query, &[cur], 1, level, &mut seen)[0];
         level -= 1;
     }
     cur
+}
+
+/// Visited marks for a search that sees few nodes (a greedy step on an upper level sees
+/// a few dozen): a list, which beats hashing at that size.
+struct FewVisited(Vec<NodeId>);
+
+impl Visited for FewVisited {
+    fn first_visit(&mut self, node: NodeId) -> bool {
+        if self.0.contains(&node) {
+            false
+        } else {
+            self.0.push(node);
+            true
+        }
+    }
 }
 
 /// The HNSW neighbour-selection heuristic: walk the candidates nearest first and keep one
