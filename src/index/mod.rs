@@ -195,7 +195,10 @@ unsafe extern "C-unwind" fn amcostestimate(
         let tuples = (*info).tuples.max(1.0);
         let index_pages = ((*info).pages as f64).max(1.0);
         let ef = settings::HNSW_EF_SEARCH.get() as f64;
-        let m = DEFAULT_M as f64;
+        // The planner holds a lock on the index; open it only to read its m.
+        let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as i32);
+        let m = params(index).m as f64;
+        pg_sys::index_close(index, pg_sys::NoLock as i32);
         // A search looks at about ef * 2m nodes on level 0 (plus a few above), each a
         // random page read of an element and its neighbour list.
         let visited = (ef * 2.0 * m * 1.2).min(tuples);

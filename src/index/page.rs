@@ -33,6 +33,7 @@ impl Locked {
         // got from ReadBufferExtended for this relation (ReadRecentBuffer checks its tag).
         unsafe {
             let buf = if hint != 0 && pg_sys::ReadRecentBuffer(locator(rel), pg_sys::ForkNumber::MAIN_FORKNUM, block, hint) {
+                count_hit(rel);
                 hint
             } else {
                 let b = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
@@ -74,6 +75,27 @@ impl Drop for Locked {
     }
 }
 
+/// Counts a block read that found its buffer through a hint, as ReadBuffer counts a hit
+/// (pg_statio_all_indexes.idx_blks_hit, EXPLAIN BUFFERS already sees it).
+fn count_hit(rel: pg_sys::Relation) {
+    // SAFETY: rel is open; pgstat_info is null or this backend's pending counts for it
+    // (the read of the metapage, through ReadBuffer, associated it if stats are on).
+    unsafe {
+        if let Some(stats) = (*rel).pgstat_info.as_mut() {
+            #[cfg(feature = "pg15")]
+            {
+                stats.t_counts.t_blocks_fetched += 1;
+                stats.t_counts.t_blocks_hit += 1;
+            }
+            #[cfg(not(feature = "pg15"))]
+            {
+                stats.counts.blocks_fetched += 1;
+                stats.counts.blocks_hit += 1;
+            }
+        }
+    }
+}
+
 #[cfg(feature = "pg15")]
 fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileNode {
     // SAFETY: rel is open.
@@ -102,8 +124,32 @@ pub struct Hints {
     buffers: Vec<pg_sys::Buffer>,
 }
 
+/// Drops the hints of an index when its relcache entry is invalidated (DROP INDEX,
+/// REINDEX, ...; InvalidOid: all), so the table keeps no entry for a dropped index.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_hints(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    HINTS.with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid {
+                h.clear();
+            } else {
+                h.remove(&relid);
+            }
+        }
+    });
+}
+
+thread_local! {
+    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Hints {
     pub fn take(rel: pg_sys::Relation) -> Hints {
+        if !CALLBACK.get() {
+            // SAFETY: registering a relcache callback is allowed at any time in a backend.
+            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_hints), pg_sys::Datum::from(0)) };
+            CALLBACK.set(true);
+        }
         // SAFETY: rel is open.
         let oid = unsafe { (*rel).rd_id };
         let buffers = HINTS.with(|h| h.borrow_mut().remove(&oid)).unwrap_or_default();

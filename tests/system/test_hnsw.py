@@ -139,6 +139,43 @@ def test_coded_walk_returns_rows_in_exact_order(opclass):
         c.execute("DROP TABLE coded")
 
 
+def test_cost_estimate_follows_m_and_statio_counts_every_block_read():
+    rng = np.random.default_rng(4)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS costs")
+        c.execute("CREATE TABLE costs (id int, v vector(64))")
+        fill(c, "costs", rng.standard_normal((3000, 64)).astype(np.float32))
+        c.execute("ANALYZE costs")
+        c.execute("SET enable_seqscan = off")
+        q = vec_text(rng.standard_normal(64))
+        cost = {}
+        for m in (4, 48):
+            c.execute(f"CREATE INDEX costs_idx ON costs USING akidb_hnsw (v vector_l2_ops) WITH (m = {m})")
+            plan = c.execute(f"EXPLAIN (FORMAT JSON) SELECT id FROM costs ORDER BY v <-> %s LIMIT 10", (q,)).fetchone()[0]
+            assert plan[0]["Plan"]["Plans"][0]["Index Name"] == "costs_idx"
+            cost[m] = plan[0]["Plan"]["Plans"][0]["Total Cost"]
+            if m == 48:
+                break
+            c.execute("DROP INDEX costs_idx")
+        # A list of 2m neighbours per node: the walk with m = 48 reads far more.
+        assert cost[48] > 1.5 * cost[4], cost
+
+        # Blocks found through the scan's buffer hints count as hits, like ReadBuffer's.
+        def hits():
+            c.execute("SELECT pg_stat_force_next_flush()")
+            return c.execute("SELECT idx_blks_hit FROM pg_statio_user_indexes WHERE indexrelname = 'costs_idx'").fetchone()[0]
+
+        before = hits()
+        for _ in range(20):
+            c.execute("SELECT id FROM costs ORDER BY v <-> %s LIMIT 10", (q,)).fetchall()
+        after = hits()
+        pages = c.execute("SELECT pg_relation_size('costs_idx') / 8192").fetchone()[0]
+        # Each scan reads hundreds of elements; the index has fewer pages than that
+        # many reads, so counting only ReadBuffer's first reads would fall short.
+        assert after - before >= 20 * 200, (before, after, pages)
+        c.execute("DROP TABLE costs")
+
+
 def random_rows(rng, n, dims=16):
     return rng.standard_normal((n, dims)).astype(np.float32)
 
