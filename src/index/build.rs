@@ -109,8 +109,9 @@ unsafe extern "C-unwind" fn build_callback(
 /// Builds the graph of the rows collected so far (threads; this thread reports progress
 /// and watches for cancel), then writes it.
 fn flush(st: &mut State) {
-    // Rows with identical vectors share an element (up to MAX_HEAP_TIDS each): a graph of
-    // many equal points would otherwise link them only to each other.
+    // Rows with identical vectors share one element (its first MAX_HEAP_TIDS rows in it,
+    // the rest in heap-tid tuples): a graph of many equal points would link them only to
+    // each other, and the later ones could not be reached.
     let (vectors, groups) = dedupe(&st.vectors, &st.tids, st.dims);
     st.vectors = vectors;
     let n = groups.len();
@@ -156,7 +157,7 @@ fn dedupe(vectors: &[f32], tids: &[Tid], dims: usize) -> (Vec<f32>, Vec<Vec<Tid>
         let v = &vectors[i * dims..(i + 1) * dims];
         let key: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
         match first.get(&key) {
-            Some(&g) if groups[g].len() < format::MAX_HEAP_TIDS => groups[g].push(tid),
+            Some(&g) => groups[g].push(tid),
             _ => {
                 first.insert(key, groups.len());
                 groups.push(vec![tid]);
@@ -175,7 +176,10 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
     let mut element_at = Vec::with_capacity(tids.len());
     let mut neighbors_at = Vec::with_capacity(tids.len());
     let mut chunks_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
+    let mut more_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
     for i in 0..tids.len() {
+        let more = tids[i].len().saturating_sub(format::MAX_HEAP_TIDS).div_ceil(format::TIDS_CAPACITY);
+        more_at.push((0..more).map(|_| plan.place(format::encode_tids(&[], format::TIDS_CAPACITY, Tid::INVALID).len())).collect());
         let inline = format::inline_count(dims, g.levels[i], m);
         chunks_at.push(format::chunk_sizes(dims, inline).iter().map(|&s| plan.place(s)).collect());
         let code = format::code_len(dims, g.levels[i], m);
@@ -221,6 +225,12 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
     };
     for i in 0..tids.len() {
         let v = &vectors[i * dims..(i + 1) * dims];
+        let (first, extra) = tids[i].split_at(tids[i].len().min(format::MAX_HEAP_TIDS));
+        let more = &more_at[i];
+        for (k, (&at, rows)) in more.iter().zip(extra.chunks(format::TIDS_CAPACITY)).enumerate() {
+            let next = more.get(k + 1).copied().unwrap_or(Tid::INVALID);
+            put(at, &format::encode_tids(rows, format::TIDS_CAPACITY, next));
+        }
         let chunks = &chunks_at[i];
         let inline = format::inline_count(dims, g.levels[i], m);
         let mut rest = &v[inline..];
@@ -233,7 +243,8 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
         let element = Element {
             level: g.levels[i],
             deleted: false,
-            heap_tids: tids[i].clone(),
+            heap_tids: first.to_vec(),
+            more_tids: more.first().copied().unwrap_or(Tid::INVALID),
             neighbors: neighbors_at[i],
             next_chunk: chunks.first().copied().unwrap_or(Tid::INVALID),
             dims: dims as u16,

@@ -14,6 +14,7 @@ struct ElementInfo {
     deleted: bool,
     neighbors: Tid,
     next_chunk: Tid,
+    more_tids: Tid,
     dims: usize,
     values: usize,
 }
@@ -96,6 +97,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     let mut elements: HashMap<Tid, ElementInfo> = HashMap::new();
     let mut neighbor_tuples: HashMap<Tid, Vec<u8>> = HashMap::new();
     let mut chunks: HashMap<Tid, (usize, Tid)> = HashMap::new();
+    let mut tid_tuples: HashMap<Tid, (usize, Tid)> = HashMap::new();
     for block in META_BLOCK + 1..n {
         let b = Locked::read(index, block, false);
         let page = b.page();
@@ -127,6 +129,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                             deleted: e.deleted,
                             neighbors: e.neighbors,
                             next_chunk: e.next_chunk,
+                            more_tids: e.more_tids,
                             dims: e.dims as usize,
                             values: format::inline_values(item).len() / 4,
                         };
@@ -145,6 +148,12 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                         Err(err) => problems.push(format!("({block},{off}): chunk: {err}")),
                     }
                 }
+                format::KIND_TIDS => match format::decode_tids(item) {
+                    Ok((rows, next)) => {
+                        tid_tuples.insert(tid, (rows.len(), next));
+                    }
+                    Err(err) => problems.push(format!("({block},{off}): heap-tid tuple: {err}")),
+                },
                 k => problems.push(format!("({block},{off}): unknown tuple kind {k}")),
             }
         }
@@ -168,6 +177,25 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
         }
         if e.values != e.dims || e.dims != meta.dims as usize {
             problems.push(format!("({},{}): holds {} values of {} dimensions (index: {})", tid.block, tid.offset, e.values, e.dims, meta.dims));
+        }
+    }
+    // Heap-tid tuples: each element's chain exists, ends, and shares no tuple with another.
+    let mut owner: HashMap<Tid, Tid> = HashMap::new();
+    for (tid, e) in &elements {
+        let mut next = e.more_tids;
+        while next.is_valid() {
+            let Some(&(count, after)) = tid_tuples.get(&next) else {
+                problems.push(format!("({},{}): heap-tid tuple ({},{}) is missing", tid.block, tid.offset, next.block, next.offset));
+                break;
+            };
+            if let Some(other) = owner.insert(next, *tid) {
+                problems.push(format!("({},{}): heap-tid tuple ({},{}) is also in the chain of ({},{})", tid.block, tid.offset, next.block, next.offset, other.block, other.offset));
+                break;
+            }
+            if !e.deleted {
+                stats.heap_tids += count as i64;
+            }
+            next = after;
         }
     }
     // Neighbour lists: present, of the element's level, pointing at elements.

@@ -85,21 +85,70 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
     }
 }
 
-/// Adds `heap_tid` to the element at `element` if it has room; false otherwise.
+/// Adds `heap_tid` to the element at `element`: in the element while it has room, then
+/// in its first heap-tid tuple, else in a new one put in front of the others. False if
+/// the element is deleted (VACUUM got there first; the row then gets its own element).
+///
+/// Each change is a compare-and-swap of one tuple under its page's lock. VACUUM marks
+/// an element deleted only while it holds the element's page and has read its heap-tid
+/// tuples; a row added to a heap-tid tuple is kept only if the element is still live
+/// when looked at afterwards, so one of the two always sees the other.
 fn add_heap_tid(index: pg_sys::Relation, element: Tid, heap_tid: Tid) -> bool {
-    for _attempt in 0..5 {
-        let Some(before) = super::page::read_tuple(index, element) else { return false };
+    use super::page::read_tuple;
+    for _attempt in 0..20 {
+        let Some(before) = read_tuple(index, element) else { return false };
         let Ok(e) = Element::decode_header(&before) else { return false };
-        if e.deleted || e.heap_tids.len() >= format::MAX_HEAP_TIDS {
+        if e.deleted {
             return false;
         }
-        let mut after = before.clone();
-        let mut tids = e.heap_tids.clone();
-        tids.push(heap_tid);
-        format::set_heap_tids(&mut after, &tids);
-        if replace_tuple(index, element, &before, &after) {
-            return true;
+        if e.heap_tids.len() < format::MAX_HEAP_TIDS {
+            let mut after = before.clone();
+            let mut tids = e.heap_tids.clone();
+            tids.push(heap_tid);
+            format::set_heap_tids(&mut after, &tids);
+            if replace_tuple(index, element, &before, &after) {
+                return true;
+            }
+            continue;
         }
+        if e.more_tids.is_valid() {
+            let Some(first) = read_tuple(index, e.more_tids) else { return false };
+            let Ok((mut rows, _)) = format::decode_tids(&first) else { return false };
+            if rows.len() < format::TIDS_CAPACITY {
+                rows.push(heap_tid);
+                let mut after = first.clone();
+                format::set_tids(&mut after, &rows);
+                if replace_tuple(index, e.more_tids, &first, &after) {
+                    return read_tuple(index, element).and_then(|t| Element::decode_header(&t).ok()).is_some_and(|e| !e.deleted);
+                }
+                continue;
+            }
+        }
+        // A new heap-tid tuple in front of the others, then the element pointed at it.
+        let new = append(index, &format::encode_tids(&[heap_tid], format::TIDS_CAPACITY, e.more_tids));
+        for _link in 0..20 {
+            let Some(cur) = read_tuple(index, element) else { return false };
+            let Ok(ce) = Element::decode_header(&cur) else { return false };
+            if ce.deleted {
+                return false;
+            }
+            // Another insert may have put its own in front meanwhile: follow it.
+            let Some(mine) = read_tuple(index, new) else { return false };
+            let Ok((_, next)) = format::decode_tids(&mine) else { return false };
+            if next != ce.more_tids {
+                let mut after = mine.clone();
+                format::set_next_tids(&mut after, ce.more_tids);
+                if !replace_tuple(index, new, &mine, &after) {
+                    continue;
+                }
+            }
+            let mut after = cur.clone();
+            format::set_more_tids(&mut after, new);
+            if replace_tuple(index, element, &cur, &after) {
+                return true;
+            }
+        }
+        return false;
     }
     false
 }
@@ -167,6 +216,7 @@ fn write_tuples(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, 
         level,
         deleted: false,
         heap_tids: vec![heap_tid],
+        more_tids: Tid::INVALID,
         neighbors: Tid { block: at.block, offset: at.offset + 1 },
         next_chunk: next,
         dims: v.len() as u16,

@@ -185,6 +185,10 @@ impl GraphStore for DiskGraph {
     }
 }
 
+/// More heap-tid tuples than one element can have (2^16 blocks' worth): a longer chain
+/// is a cycle.
+pub const MAX_TIDS_HOPS: u32 = 1 << 20;
+
 /// How many elements ahead of the one being computed a scan starts loading.
 const LOOKAHEAD: usize = 2;
 
@@ -220,12 +224,29 @@ impl ScanGraph {
         if !tid.is_valid() {
             return None;
         }
-        let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
-        let page = b.page();
-        let item = page.item(tid.offset)?;
-        let head = element_head(item, tid);
-        rows.extend(format::heap_tids(item));
-        Some(head.deleted)
+        let (deleted, mut more) = {
+            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let page = b.page();
+            let item = page.item(tid.offset)?;
+            let head = element_head(item, tid);
+            rows.extend(format::heap_tids(item));
+            (head.deleted, head.more_tids)
+        };
+        // The rows beyond the first few, in heap-tid tuples (identical vectors).
+        let mut hops = 0u32;
+        while more.is_valid() && !deleted {
+            hops += 1;
+            if hops > MAX_TIDS_HOPS {
+                corrupted(format!("the heap-tid tuples of element ({}, {}) form a cycle", tid.block, tid.offset));
+            }
+            let b = Locked::read_hinted(self.rel, more.block, &mut self.hints);
+            let page = b.page();
+            let item = page.item(more.offset).unwrap_or_else(|| corrupted(format!("missing heap-tid tuple ({}, {})", more.block, more.offset)));
+            let (tids, next) = format::decode_tids(item).unwrap_or_else(|e| corrupted(e.to_string()));
+            rows.extend(tids);
+            more = next;
+        }
+        Some(deleted)
     }
 
     /// A lower bound of the exact distance of a node whose distance came from its code

@@ -16,9 +16,11 @@ use super::insert::{raise_entry, replace_tuple};
 use super::page::{nblocks, read_meta, read_tuple, update_meta, Locked, Wal};
 use super::store::DiskGraph;
 
-/// Every element: (tid, level, deleted, heap tid count).
-fn elements(index: pg_sys::Relation) -> Vec<(Tid, u8, bool, usize)> {
+/// Every element: (tid, level, deleted, heap tid count in it); and the rows held in
+/// heap-tid tuples.
+fn elements(index: pg_sys::Relation) -> (Vec<(Tid, u8, bool, usize)>, usize) {
     let mut out = Vec::new();
+    let mut chained = 0;
     for block in META_BLOCK + 1..nblocks(index) {
         let b = Locked::read(index, block, false);
         let page = b.page();
@@ -31,11 +33,18 @@ fn elements(index: pg_sys::Relation) -> Vec<(Tid, u8, bool, usize)> {
                     if let Ok(e) = Element::decode_header(item) {
                         out.push((Tid { block, offset: off }, e.level, e.deleted, e.heap_tids.len()));
                     }
+                } else if let Ok((rows, _)) = format::decode_tids(item) {
+                    chained += rows.len();
                 }
             }
         }
     }
-    out
+    (out, chained)
+}
+
+/// The rows the index holds: those of live elements and those in heap-tid tuples.
+fn live_rows(all: &[(Tid, u8, bool, usize)], chained: usize) -> f64 {
+    (all.iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() + chained) as f64
 }
 
 #[pg_guard]
@@ -58,11 +67,28 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         if b.page().kind() != Some(PAGE_GRAPH) {
             continue;
         }
-        // (offset, the heap tids that stay; empty: the element goes)
-        let mut changes: Vec<(u16, Vec<Tid>)> = Vec::new();
+        let live = |t: &Tid| {
+            let mut heap = pg_sys::ItemPointerData::default();
+            pgrx::itemptr::item_pointer_set_all(&mut heap, t.block, t.offset);
+            // SAFETY: the callback only looks the tid up in VACUUM's dead-tuple store.
+            !unsafe { callback(&mut heap, callback_state) }
+        };
+        // (offset, the heap tids that stay, whether the element goes) for elements, and
+        // (offset, the heap tids that stay) for heap-tid tuples.
+        let mut changes: Vec<(u16, Vec<Tid>, bool)> = Vec::new();
+        let mut tid_changes: Vec<(u16, Vec<Tid>)> = Vec::new();
         let page = b.page();
         for off in 1..=page.max_offset() {
             let Some(item) = page.item(off) else { continue };
+            if item.first() == Some(&format::KIND_TIDS) {
+                let Ok((rows, _)) = format::decode_tids(item) else { continue };
+                let keep: Vec<Tid> = rows.iter().copied().filter(live).collect();
+                if keep.len() != rows.len() {
+                    removed += (rows.len() - keep.len()) as f64;
+                    tid_changes.push((off, keep));
+                }
+                continue;
+            }
             if item.first() != Some(&format::KIND_ELEMENT) {
                 continue;
             }
@@ -70,31 +96,30 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             if e.deleted {
                 continue;
             }
-            let keep: Vec<Tid> = e
-                .heap_tids
-                .iter()
-                .copied()
-                .filter(|t| {
-                    let mut heap = pg_sys::ItemPointerData::default();
-                    pgrx::itemptr::item_pointer_set_all(&mut heap, t.block, t.offset);
-                    // SAFETY: the callback only looks the tid up in VACUUM's dead-tuple store.
-                    !unsafe { callback(&mut heap, callback_state) }
-                })
-                .collect();
-            if keep.len() != e.heap_tids.len() {
+            let keep: Vec<Tid> = e.heap_tids.iter().copied().filter(live).collect();
+            // The element goes only if none of its rows lives on, in it or in its
+            // heap-tid tuples, read while this page stays locked (see insert's
+            // add_heap_tid for why that is enough).
+            let goes = keep.is_empty() && !more_rows_live(index, block, &page, e.more_tids, &live);
+            if keep.len() != e.heap_tids.len() || goes {
                 removed += (e.heap_tids.len() - keep.len()) as f64;
-                changes.push((off, keep));
+                changes.push((off, keep, goes));
             }
         }
-        if !changes.is_empty() {
+        if !changes.is_empty() || !tid_changes.is_empty() {
             let mut wal = Wal::start(index);
             let page = wal.page(&b, false);
-            for (off, keep) in &changes {
+            for (off, keep, goes) in &changes {
                 if let Some(item) = page.item(*off) {
                     format::set_heap_tids(item, keep);
-                    if keep.is_empty() {
+                    if *goes {
                         format::set_deleted(item);
                     }
+                }
+            }
+            for (off, keep) in &tid_changes {
+                if let Some(item) = page.item(*off) {
+                    format::set_tids(item, keep);
                 }
             }
             wal.finish();
@@ -102,7 +127,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     }
 
     // 2. Repair the links that point at deleted elements.
-    let all = elements(index);
+    let (all, chained) = elements(index);
     let deleted: HashSet<Tid> = all.iter().filter(|e| e.2).map(|e| e.0).collect();
     if !deleted.is_empty() {
         repair(index, &all, &deleted);
@@ -110,10 +135,31 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // SAFETY: stats is ours to fill.
     unsafe {
         (*stats).tuples_removed += removed;
-        (*stats).num_index_tuples = all.iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() as f64;
+        (*stats).num_index_tuples = live_rows(&all, chained);
         (*stats).num_pages = nblocks(index);
     }
     stats
+}
+
+/// Whether any row in the heap-tid tuples from `first` on is live; those on `block` are
+/// read from its (locked) `page`, the others with a share lock each.
+fn more_rows_live(index: pg_sys::Relation, block: u32, page: &super::page::PageRef, first: Tid, live: &dyn Fn(&Tid) -> bool) -> bool {
+    let mut next = first;
+    let mut hops = 0;
+    while next.is_valid() && hops < super::store::MAX_TIDS_HOPS {
+        hops += 1;
+        let bytes = if next.block == block {
+            page.item(next.offset).map(|s| s.to_vec())
+        } else {
+            super::page::read_tuple(index, next)
+        };
+        let Some((rows, after)) = bytes.and_then(|b| format::decode_tids(&b).ok()) else { return false };
+        if rows.iter().any(live) {
+            return true;
+        }
+        next = after;
+    }
+    false
 }
 
 fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &HashSet<Tid>) {
@@ -176,7 +222,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
         // An insert that wrote a top-level element after `all` was read, and compared
         // its level with the old entry's, did not raise the entry: look again, now that
         // any later insert compares with the new entry.
-        if let Some(top) = elements(index).iter().filter(|e| !e.2).max_by_key(|e| e.1) {
+        if let Some(top) = elements(index).0.iter().filter(|e| !e.2).max_by_key(|e| e.1) {
             raise_entry(index, top.0, top.1);
         }
     }
@@ -195,7 +241,8 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         let index = (*info).index;
         let stats = if stats.is_null() {
             let s = PgBox::<pg_sys::IndexBulkDeleteResult>::alloc0().into_pg();
-            (*s).num_index_tuples = elements(index).iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() as f64;
+            let (all, chained) = elements(index);
+            (*s).num_index_tuples = live_rows(&all, chained);
             s
         } else {
             stats

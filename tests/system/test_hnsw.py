@@ -375,6 +375,58 @@ def test_concurrent_writers_readers_and_vacuum():
         c.execute("DROP TABLE conc")
 
 
+def test_concurrent_identical_vectors_with_vacuum_lose_no_row():
+    """Writers add rows with one vector (so they share an element and its heap-tid
+    tuples) while others delete some and VACUUM runs: afterwards an index scan finds
+    exactly the rows the table has."""
+    dup = "[1,2,3,4]"
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS twins")
+        c.execute("CREATE TABLE twins (id serial PRIMARY KEY, v vector(4))")
+        c.execute("INSERT INTO twins (v) SELECT ARRAY[random(), random(), random(), random()]::real[]::vector FROM generate_series(1, 500)")
+        c.execute(f"INSERT INTO twins (v) SELECT '{dup}' FROM generate_series(1, 150)")
+        c.execute("CREATE INDEX twins_idx ON twins USING akidb_hnsw (v vector_l2_ops)")
+    errors, stop = [], threading.Event()
+
+    def loop(body):
+        try:
+            with connect() as c:
+                while not stop.is_set():
+                    body(c)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    def write(c):
+        for _ in range(5):
+            c.execute(f"INSERT INTO twins (v) VALUES ('{dup}')")
+        c.execute(f"DELETE FROM twins WHERE id IN (SELECT id FROM twins WHERE v = '{dup}' ORDER BY random() LIMIT 2)")
+
+    def vacuum(c):
+        c.execute("VACUUM twins")
+        time.sleep(0.2)
+
+    threads = [threading.Thread(target=loop, args=(f,)) for f in [write, write, write, vacuum]]
+    for t in threads:
+        t.start()
+    time.sleep(12)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with connect() as c:
+        check_clean(c, "twins_idx")
+        c.execute("SET enable_seqscan = off")
+        c.execute("SET akidb.hnsw_iterative_scan = relaxed_order")
+        for when in ("before", "after"):
+            want = c.execute(f"SELECT count(*) FROM twins WHERE v = '{dup}'").fetchone()[0]
+            got = c.execute(f"SELECT count(*) FROM (SELECT v FROM twins ORDER BY v <-> '{dup}' LIMIT {want + 50}) s WHERE v = '{dup}'").fetchone()[0]
+            assert got == want, (when, got, want)
+            c.execute("VACUUM twins")
+            check_clean(c, "twins_idx")
+        assert want > 500
+        c.execute("DROP TABLE twins")
+
+
 def test_build_reports_progress_and_survives_a_small_maintenance_work_mem():
     rng = np.random.default_rng(7)
     with connect() as c:

@@ -86,6 +86,20 @@ SELECT count(*), min(v <-> '[1,1]') FROM (SELECT v FROM dups ORDER BY v <-> '[1,
 INSERT INTO dups SELECT i, '[1,1]' FROM generate_series(401, 450) i;
 SELECT count(*), min(v <-> '[1,1]') FROM (SELECT v FROM dups ORDER BY v <-> '[1,1]' LIMIT 10) s;
 SELECT * FROM akidb_hnsw_check('dups_idx'::regclass);
+-- Any number of rows with one vector share one element (those beyond 10 in heap-tid
+-- tuples), from the build or one by one, and every one of them is found.
+INSERT INTO dups SELECT i, '[1,1]' FROM generate_series(1001, 1600) i;
+SELECT elements, heap_tids FROM akidb_hnsw_info('dups_idx'::regclass);
+SET akidb.hnsw_iterative_scan = relaxed_order;
+SELECT count(*) FROM (SELECT id, v FROM dups ORDER BY v <-> '[1,1]' LIMIT 1000) s WHERE v = '[1,1]';
+DELETE FROM dups WHERE id > 1100 AND id <= 1600;
+VACUUM dups;
+SELECT count(*) FROM (SELECT id, v FROM dups ORDER BY v <-> '[1,1]' LIMIT 1000) s WHERE v = '[1,1]';
+RESET akidb.hnsw_iterative_scan;
+DELETE FROM dups WHERE v = '[1,1]';
+VACUUM dups;
+SELECT elements, deleted, heap_tids FROM akidb_hnsw_info('dups_idx'::regclass);
+SELECT * FROM akidb_hnsw_check('dups_idx'::regclass);
 
 -- 4,096 dimensions (Qwen3-Embedding-8B), beyond pgvector's 2,000.
 CREATE TABLE wide (id int, v vector(4096));

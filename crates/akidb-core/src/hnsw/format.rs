@@ -10,8 +10,12 @@
 //! element tuple      kind=1 | level | deleted | heap tid count | up to 10 heap tids (6 each,
 //!                    identical vectors share an element) | neighbours tid (6) |
 //!                    next chunk tid (6) | inline count u16 | dims u16 | code length u16 |
-//!                    pad(2) | code min f32 | code scale f32 | code error f32 | code (u8
-//!                    each, padded to 4) | inline f32s
+//!                    pad(2) | code min f32 | code scale f32 | code error f32 | more heap
+//!                    tids: tid of the first heap-tid tuple (6) | pad(2) | code (u8 each,
+//!                    padded to 4) | inline f32s
+//! heap-tid tuple     kind=4 | pad(3) | next heap-tid tuple (6) | pad(2) | count u16 |
+//!                    capacity u16 | capacity heap tids (6 each): the rows of an element
+//!                    beyond its first 10 (any number of identical vectors share one)
 //! chunk tuple        kind=3 | pad(3) | next chunk tid (8) | count u16 | pad(2) | f32s
 //! neighbour tuple    kind=2 | level | pad(2) | slots: level 0 has 2m, each level above m,
 //!                    6 bytes each (block u32, offset u16); empty slots are INVALID
@@ -46,7 +50,12 @@ pub const MAX_TUPLE: usize = 8000;
 
 /// Heap rows one element can stand for (rows with identical vectors share it).
 pub const MAX_HEAP_TIDS: usize = 10;
-const ELEMENT_HEADER: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4 + 16;
+const ELEMENT_HEADER: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4 + 16 + 8;
+/// Where the tid of an element's first heap-tid tuple is.
+const OVERFLOW_FIELD: usize = CODE_FIELDS + 16;
+const TIDS_HEADER: usize = 16;
+/// Heap tids a heap-tid tuple has room for (616 bytes).
+pub const TIDS_CAPACITY: usize = 100;
 /// Where the code's fields start in an element tuple.
 const CODE_FIELDS: usize = 4 + 6 * MAX_HEAP_TIDS + 6 + 6 + 4;
 const CHUNK_HEADER: usize = 16;
@@ -96,6 +105,7 @@ pub fn inline_count(dims: usize, level: u8, m: usize) -> usize {
 pub const KIND_ELEMENT: u8 = 1;
 pub const KIND_NEIGHBORS: u8 = 2;
 pub const KIND_CHUNK: u8 = 3;
+pub const KIND_TIDS: u8 = 4;
 
 /// An item pointer: block and 1-based line pointer offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,6 +230,8 @@ pub struct Element {
     pub level: u8,
     pub deleted: bool,
     pub heap_tids: Vec<Tid>,
+    /// The first heap-tid tuple (rows beyond the first [`MAX_HEAP_TIDS`]), or INVALID.
+    pub more_tids: Tid,
     pub neighbors: Tid,
     pub next_chunk: Tid,
     pub dims: u16,
@@ -276,6 +288,7 @@ impl Element {
             b[c + 8..c + 12].copy_from_slice(&code.scale.to_le_bytes());
             b[c + 12..c + 16].copy_from_slice(&code.err.to_le_bytes());
         }
+        self.more_tids.put(&mut b[OVERFLOW_FIELD..OVERFLOW_FIELD + 6]);
         b[ELEMENT_HEADER..ELEMENT_HEADER + code.len()].copy_from_slice(code);
         let start = ELEMENT_HEADER + round4(code.len());
         for (i, v) in self.inline.iter().enumerate() {
@@ -291,6 +304,7 @@ impl Element {
             level: h.level,
             deleted: h.deleted,
             heap_tids: heap_tids(b).collect(),
+            more_tids: h.more_tids,
             neighbors: h.neighbors,
             next_chunk: h.next_chunk,
             dims: h.dims,
@@ -312,6 +326,7 @@ impl Element {
 pub struct ElementHead {
     pub level: u8,
     pub deleted: bool,
+    pub more_tids: Tid,
     pub neighbors: Tid,
     pub next_chunk: Tid,
     pub dims: u16,
@@ -332,6 +347,7 @@ impl ElementHead {
         Ok(ElementHead {
             level: b[1],
             deleted: b[2] != 0,
+            more_tids: Tid::get(&b[OVERFLOW_FIELD..OVERFLOW_FIELD + 6]),
             neighbors: Tid::get(&b[h..h + 6]),
             next_chunk: Tid::get(&b[h + 6..h + 12]),
             dims: u16::from_le_bytes([b[h + 14], b[h + 15]]),
@@ -392,6 +408,52 @@ pub fn chunk_values(b: &[u8]) -> Result<(&[u8], Tid), FormatError> {
 fn inline_len(b: &[u8]) -> usize {
     let h = 4 + 6 * MAX_HEAP_TIDS;
     u16::from_le_bytes([b[h + 12], b[h + 13]]) as usize
+}
+
+/// Points an encoded element at its first heap-tid tuple, in place.
+pub fn set_more_tids(b: &mut [u8], first: Tid) {
+    first.put(&mut b[OVERFLOW_FIELD..OVERFLOW_FIELD + 6]);
+}
+
+/// A heap-tid tuple of `capacity` holding `tids`, followed by `next`.
+pub fn encode_tids(tids: &[Tid], capacity: usize, next: Tid) -> Vec<u8> {
+    let mut b = vec![0u8; TIDS_HEADER + 6 * capacity];
+    b[0] = KIND_TIDS;
+    next.put(&mut b[4..10]);
+    b[14..16].copy_from_slice(&(capacity as u16).to_le_bytes());
+    assert!(set_tids(&mut b, tids), "more heap tids than the tuple's capacity");
+    b
+}
+
+/// A heap-tid tuple's rows and the next tuple.
+pub fn decode_tids(b: &[u8]) -> Result<(Vec<Tid>, Tid), FormatError> {
+    if b.len() < TIDS_HEADER || b[0] != KIND_TIDS {
+        return Err(FormatError::BadKind { expected: KIND_TIDS, found: b.first().copied().unwrap_or(0) });
+    }
+    let count = u16::from_le_bytes([b[12], b[13]]) as usize;
+    let capacity = u16::from_le_bytes([b[14], b[15]]) as usize;
+    if count > capacity || b.len() < TIDS_HEADER + 6 * capacity {
+        return Err(FormatError::Truncated("heap-tid"));
+    }
+    Ok(((0..count).map(|i| Tid::get(&b[TIDS_HEADER + 6 * i..TIDS_HEADER + 6 * i + 6])).collect(), Tid::get(&b[4..10])))
+}
+
+/// Rewrites a heap-tid tuple's rows in place; false if they exceed its capacity.
+pub fn set_tids(b: &mut [u8], tids: &[Tid]) -> bool {
+    let capacity = u16::from_le_bytes([b[14], b[15]]) as usize;
+    if tids.len() > capacity {
+        return false;
+    }
+    b[12..14].copy_from_slice(&(tids.len() as u16).to_le_bytes());
+    for i in 0..capacity {
+        tids.get(i).copied().unwrap_or(Tid::INVALID).put(&mut b[TIDS_HEADER + 6 * i..TIDS_HEADER + 6 * i + 6]);
+    }
+    true
+}
+
+/// Points a heap-tid tuple at the next one, in place.
+pub fn set_next_tids(b: &mut [u8], next: Tid) {
+    next.put(&mut b[4..10]);
 }
 
 /// Marks an encoded element deleted, in place.
@@ -553,6 +615,7 @@ mod tests {
             level: 2,
             deleted: false,
             heap_tids: vec![Tid { block: 1, offset: 2 }, Tid { block: 5, offset: 6 }],
+            more_tids: Tid { block: 8, offset: 1 },
             neighbors: Tid { block: 3, offset: 4 },
             next_chunk: Tid::INVALID,
             dims: 3,
@@ -591,6 +654,18 @@ mod tests {
         let mut none = Vec::new();
         neighbors_on(&nb, 4, 5, &mut none).unwrap();
         assert!(none.is_empty());
+
+        set_more_tids(&mut b, Tid::INVALID);
+        assert_eq!(ElementHead::parse(&b).unwrap().more_tids, Tid::INVALID);
+
+        let rows: Vec<Tid> = (1..=3).map(|i| Tid { block: 40 + i, offset: i as u16 }).collect();
+        let mut t = encode_tids(&rows, TIDS_CAPACITY, Tid { block: 9, offset: 9 });
+        assert_eq!(decode_tids(&t).unwrap(), (rows.clone(), Tid { block: 9, offset: 9 }));
+        assert!(set_tids(&mut t, &rows[..1]));
+        set_next_tids(&mut t, Tid::INVALID);
+        assert_eq!(decode_tids(&t).unwrap(), (rows[..1].to_vec(), Tid::INVALID));
+        assert!(!set_tids(&mut t, &vec![rows[0]; TIDS_CAPACITY + 1]));
+        assert!(decode_tids(&t[..t.len() - 1]).is_err());
 
         let chunk = encode_chunk(&[4.0, 5.0], Tid { block: 2, offset: 8 });
         let (values, next) = chunk_values(&chunk).unwrap();
