@@ -82,6 +82,19 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
+/// Counts a graph search for EXPLAIN ANALYZE's "Index Searches" (PostgreSQL 18).
+fn count_search(scan: pg_sys::IndexScanDesc) {
+    #[cfg(feature = "pg18")]
+    // SAFETY: instrument is null or the executor's counters for this scan.
+    unsafe {
+        if let Some(i) = (*scan).instrument.as_mut() {
+            i.nsearches += 1;
+        }
+    }
+    #[cfg(not(feature = "pg18"))]
+    let _ = scan;
+}
+
 /// One round: the ef nearest by the graph walk (on codes where elements carry them),
 /// kept as candidates to re-rank.
 fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
@@ -173,6 +186,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
             );
         }
         st.ef = settings::HNSW_EF_SEARCH.get() as usize;
+        count_search(scan);
         search(index, &meta, st);
     }
     loop {
@@ -198,6 +212,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
         }
         pgrx::check_for_interrupts!();
         st.ef = (st.ef * 2).min(max);
+        count_search(scan);
         search(index, &read_meta(index), st);
     }
 }
