@@ -168,28 +168,69 @@ fn dedupe(vectors: &[f32], tids: &[Tid], dims: usize) -> (Vec<f32>, Vec<Vec<Tid>
     (out, groups)
 }
 
+/// A tuple of the build's plan, in page order.
+#[derive(Debug, Clone, Copy)]
+enum Placed {
+    /// Element `i` and, right after it, its neighbour tuple.
+    Element(usize),
+    /// Vector chunk `k` of element `i`.
+    Chunk(usize, usize),
+    /// Heap-tid tuple `k` of element `i`.
+    More(usize, usize),
+}
+
 /// Writes the metapage and the graph, block by block, then logs them as full images.
 fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>], dims: usize, metric: Metric, params: Params) {
     let m = params.m;
-    // Where every tuple goes, before writing any (neighbour lists point both ways).
+    // Where every tuple goes, before writing any (neighbour lists point both ways). An
+    // element and its neighbour tuple share a page; its vector chunks and heap-tid
+    // tuples may go anywhere, so they fill the room the pairs leave (a coded 784-d
+    // element is a 1.1 kB pair and a 3.2 kB chunk: kept in step, pages would hold 1.5
+    // elements; this way about 1.75).
     let mut plan = PagePlanner::new(META_BLOCK + 1);
-    let mut element_at = Vec::with_capacity(tids.len());
-    let mut neighbors_at = Vec::with_capacity(tids.len());
-    let mut chunks_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
-    let mut more_at: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
-    for i in 0..tids.len() {
+    let n = tids.len();
+    let mut element_at = vec![Tid::INVALID; n];
+    let mut neighbors_at = vec![Tid::INVALID; n];
+    let mut chunks_at: Vec<Vec<Tid>> = Vec::with_capacity(n);
+    let mut more_at: Vec<Vec<Tid>> = Vec::with_capacity(n);
+    let tids_size = format::encode_tids(&[], format::TIDS_CAPACITY, Tid::INVALID).len();
+    let mut order: Vec<Placed> = Vec::new();
+    let mut loose: std::collections::VecDeque<(Placed, usize)> = std::collections::VecDeque::new();
+    let place_loose = |plan: &mut PagePlanner, loose: &mut std::collections::VecDeque<(Placed, usize)>, order: &mut Vec<Placed>, chunks_at: &mut Vec<Vec<Tid>>, more_at: &mut Vec<Vec<Tid>>, all: bool| {
+        while let Some(&(what, size)) = loose.front() {
+            if !all && !plan.fits(&[size]) {
+                break;
+            }
+            loose.pop_front();
+            let at = plan.place(size);
+            match what {
+                Placed::Chunk(i, k) => chunks_at[i][k] = at,
+                Placed::More(i, k) => more_at[i][k] = at,
+                _ => unreachable!("only chunks and heap-tid tuples are loose"),
+            }
+            order.push(what);
+        }
+    };
+    for i in 0..n {
         let more = tids[i].len().saturating_sub(format::MAX_HEAP_TIDS).div_ceil(format::TIDS_CAPACITY);
-        more_at.push((0..more).map(|_| plan.place(format::encode_tids(&[], format::TIDS_CAPACITY, Tid::INVALID).len())).collect());
+        more_at.push(vec![Tid::INVALID; more]);
+        loose.extend((0..more).map(|k| (Placed::More(i, k), tids_size)));
         let inline = format::inline_count(dims, g.levels[i], m);
-        chunks_at.push(format::chunk_sizes(dims, inline).iter().map(|&s| plan.place(s)).collect());
+        let sizes = format::chunk_sizes(dims, inline);
+        chunks_at.push(vec![Tid::INVALID; sizes.len()]);
+        loose.extend(sizes.iter().enumerate().map(|(k, &size)| (Placed::Chunk(i, k), size)));
         let code = format::code_len(dims, g.levels[i], m);
         let (es, ns) = (format::element_size(code, inline), format::neighbors_size(g.levels[i], m));
         if !plan.fits(&[es, ns]) {
+            place_loose(&mut plan, &mut loose, &mut order, &mut chunks_at, &mut more_at, false);
             plan.next_page();
         }
-        element_at.push(plan.place(es));
-        neighbors_at.push(plan.place(ns));
+        element_at[i] = plan.place(es);
+        neighbors_at[i] = plan.place(ns);
+        order.push(Placed::Element(i));
+        place_loose(&mut plan, &mut loose, &mut order, &mut chunks_at, &mut more_at, false);
     }
+    place_loose(&mut plan, &mut loose, &mut order, &mut chunks_at, &mut more_at, true);
     let meta = Meta {
         dims: dims as u32,
         m: m as u16,
@@ -223,38 +264,41 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
         let off = page.add(bytes);
         assert_eq!(off, tid.offset, "akidb_hnsw: tuple offset out of step with the plan");
     };
-    for i in 0..tids.len() {
-        let v = &vectors[i * dims..(i + 1) * dims];
-        let (first, extra) = tids[i].split_at(tids[i].len().min(format::MAX_HEAP_TIDS));
-        let more = &more_at[i];
-        for (k, (&at, rows)) in more.iter().zip(extra.chunks(format::TIDS_CAPACITY)).enumerate() {
-            let next = more.get(k + 1).copied().unwrap_or(Tid::INVALID);
-            put(at, &format::encode_tids(rows, format::TIDS_CAPACITY, next));
+    for (done, what) in order.into_iter().enumerate() {
+        match what {
+            Placed::More(i, k) => {
+                let rows = &tids[i][format::MAX_HEAP_TIDS..];
+                let rows = &rows[k * format::TIDS_CAPACITY..((k + 1) * format::TIDS_CAPACITY).min(rows.len())];
+                let next = more_at[i].get(k + 1).copied().unwrap_or(Tid::INVALID);
+                put(more_at[i][k], &format::encode_tids(rows, format::TIDS_CAPACITY, next));
+            }
+            Placed::Chunk(i, k) => {
+                let v = &vectors[i * dims..(i + 1) * dims];
+                let rest = &v[format::inline_count(dims, g.levels[i], m)..];
+                let values = &rest[k * format::MAX_CHUNK..((k + 1) * format::MAX_CHUNK).min(rest.len())];
+                let next = chunks_at[i].get(k + 1).copied().unwrap_or(Tid::INVALID);
+                put(chunks_at[i][k], &format::encode_chunk(values, next));
+            }
+            Placed::Element(i) => {
+                let v = &vectors[i * dims..(i + 1) * dims];
+                let inline = format::inline_count(dims, g.levels[i], m);
+                let element = Element {
+                    level: g.levels[i],
+                    deleted: false,
+                    heap_tids: tids[i][..tids[i].len().min(format::MAX_HEAP_TIDS)].to_vec(),
+                    more_tids: more_at[i].first().copied().unwrap_or(Tid::INVALID),
+                    neighbors: neighbors_at[i],
+                    next_chunk: chunks_at[i].first().copied().unwrap_or(Tid::INVALID),
+                    dims: dims as u16,
+                    code: (format::code_len(dims, g.levels[i], m) > 0).then(|| format::Code::of(v)),
+                    inline: v[..inline].to_vec(),
+                };
+                put(element_at[i], &element.encode());
+                let lists: Vec<Vec<Tid>> = g.links[i].iter().map(|l| l.iter().map(|&n| element_at[n as usize]).collect()).collect();
+                put(neighbors_at[i], &format::encode_neighbors(g.levels[i], m, &lists));
+            }
         }
-        let chunks = &chunks_at[i];
-        let inline = format::inline_count(dims, g.levels[i], m);
-        let mut rest = &v[inline..];
-        for (k, &ctid) in chunks.iter().enumerate() {
-            let n = rest.len().min(format::MAX_CHUNK);
-            let next = chunks.get(k + 1).copied().unwrap_or(Tid::INVALID);
-            put(ctid, &format::encode_chunk(&rest[..n], next));
-            rest = &rest[n..];
-        }
-        let element = Element {
-            level: g.levels[i],
-            deleted: false,
-            heap_tids: first.to_vec(),
-            more_tids: more.first().copied().unwrap_or(Tid::INVALID),
-            neighbors: neighbors_at[i],
-            next_chunk: chunks.first().copied().unwrap_or(Tid::INVALID),
-            dims: dims as u16,
-            code: (format::code_len(dims, g.levels[i], m) > 0).then(|| format::Code::of(v)),
-            inline: v[..inline].to_vec(),
-        };
-        put(element_at[i], &element.encode());
-        let lists: Vec<Vec<Tid>> = g.links[i].iter().map(|l| l.iter().map(|&n| element_at[n as usize]).collect()).collect();
-        put(neighbors_at[i], &format::encode_neighbors(g.levels[i], m, &lists));
-        if i % 1024 == 0 {
+        if done % 1024 == 0 {
             pgrx::check_for_interrupts!();
         }
     }
