@@ -9,7 +9,7 @@ pgrx_init 18
 install_extension 18 --release
 py="$(ensure_venv)"
 "$py" -c "import matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "matplotlib==3.10.8"
-start_cluster 18 bench-hnsw 55470 "shared_buffers=1GB" "max_wal_size=4GB"
+start_cluster 18 bench-hnsw 55470 "shared_buffers=2GB" "max_wal_size=4GB"
 trap stop_cluster EXIT
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 psql -c "CREATE SCHEMA pgv" -c "CREATE EXTENSION vector SCHEMA pgv" -c "CREATE SCHEMA aki" -c "CREATE EXTENSION akidb SCHEMA aki"
