@@ -96,6 +96,14 @@ fn count_hit(rel: pg_sys::Relation) {
     }
 }
 
+/// The number of the relation's current file.
+pub fn file_number(rel: pg_sys::Relation) -> u32 {
+    #[cfg(feature = "pg15")]
+    return u32::from(locator(rel).relNode);
+    #[cfg(not(feature = "pg15"))]
+    return u32::from(locator(rel).relNumber);
+}
+
 #[cfg(feature = "pg15")]
 fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileNode {
     // SAFETY: rel is open.
@@ -108,13 +116,60 @@ fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileLocator {
     unsafe { (*rel).rd_locator }
 }
 
+/// A node of the levels above 0 as a scan saw it: its code and its lists on levels
+/// 1..=its level. Codes never change in place and a list read a little earlier is still
+/// a valid set of links, so a backend keeps these between scans (a greedy descent reads
+/// the same few hundred nodes for every query) while the index's [`UpperCache::key`]
+/// holds; a relcache invalidation (REINDEX, VACUUM's statistics, DROP) drops them.
+pub struct UpperNode {
+    pub min: f32,
+    pub scale: f32,
+    pub err: f32,
+    pub code: Box<[u8]>,
+    /// Neighbours on level l at [l - 1].
+    pub lists: Vec<Vec<u64>>,
+}
+
+/// The upper-level nodes kept for one index, and what they were read under.
+#[derive(Default)]
+pub struct UpperCache {
+    /// The relation's file (a REINDEX or TRUNCATE makes a new one), the entry point, its
+    /// level and the insert block when the nodes were read: inserts move the insert
+    /// block every few rows, so new links show within a few inserts.
+    key: (u32, u64, u8, u32),
+    pub nodes: std::collections::HashMap<u64, UpperNode, std::hash::BuildHasherDefault<super::store::TidHasher>>,
+    bytes: usize,
+}
+
+/// Bytes of upper-level nodes one backend keeps per index.
+const MAX_UPPER_BYTES: usize = 8 << 20;
+
+impl UpperCache {
+    /// Forgets the nodes if the index changed shape since they were read.
+    pub fn validate(&mut self, key: (u32, u64, u8, u32)) {
+        if self.key != key {
+            self.nodes.clear();
+            self.bytes = 0;
+            self.key = key;
+        }
+    }
+
+    pub fn insert(&mut self, node: u64, n: UpperNode) {
+        let size = n.code.len() + n.lists.iter().map(|l| 8 * l.len() + 24).sum::<usize>() + 64;
+        if self.bytes + size <= MAX_UPPER_BYTES {
+            self.bytes += size;
+            self.nodes.insert(node, n);
+        }
+    }
+}
+
 /// Blocks of one index whose buffers are remembered (4 bytes each): 32 GB of index.
 const MAX_HINTS: usize = 1 << 22;
 
 thread_local! {
     /// Per index (by OID), the buffer each block was last found in, kept by this backend
     /// from one scan to the next.
-    static HINTS: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, Vec<pg_sys::Buffer>>> = Default::default();
+    static HINTS: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, (Vec<pg_sys::Buffer>, UpperCache)>> = Default::default();
 }
 
 /// One index's buffer hints, taken from the backend's table for a scan and put back
@@ -122,6 +177,8 @@ thread_local! {
 pub struct Hints {
     oid: pg_sys::Oid,
     buffers: Vec<pg_sys::Buffer>,
+    /// The upper-level nodes this backend walked through in earlier scans.
+    pub upper: UpperCache,
 }
 
 /// Drops the hints of an index when its relcache entry is invalidated (DROP INDEX,
@@ -152,8 +209,8 @@ impl Hints {
         }
         // SAFETY: rel is open.
         let oid = unsafe { (*rel).rd_id };
-        let buffers = HINTS.with(|h| h.borrow_mut().remove(&oid)).unwrap_or_default();
-        Hints { oid, buffers }
+        let (buffers, upper) = HINTS.with(|h| h.borrow_mut().remove(&oid)).unwrap_or_default();
+        Hints { oid, buffers, upper }
     }
 
     fn get(&self, block: u32) -> pg_sys::Buffer {
@@ -209,8 +266,8 @@ impl Hints {
 
 impl Drop for Hints {
     fn drop(&mut self) {
-        let buffers = std::mem::take(&mut self.buffers);
-        HINTS.with(|h| h.borrow_mut().insert(self.oid, buffers));
+        let kept = (std::mem::take(&mut self.buffers), std::mem::take(&mut self.upper));
+        HINTS.with(|h| h.borrow_mut().insert(self.oid, kept));
     }
 }
 

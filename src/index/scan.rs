@@ -106,7 +106,7 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
         st.exhausted = true;
         return;
     }
-    let g = st.graph.get_or_insert_with(|| ScanGraph::new(index, meta.m as usize, meta.metric));
+    let g = st.graph.get_or_insert_with(|| ScanGraph::new(index, meta));
     // Fewer than 2 * ef * m elements are seen on level 0 (and 50-100 above).
     let expected = (2 * st.ef * meta.m as usize).max(256);
     g.reset(expected);

@@ -13,7 +13,7 @@ use akidb_core::hnsw::Metric;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::page::{Hints, Locked};
+use super::page::{Hints, Locked, UpperNode};
 
 pub struct Node {
     pub level: u8,
@@ -37,7 +37,9 @@ impl TidHasher {
 
 impl Hasher for TidHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets by the low bits, which a product takes from the low
+        // input bits only (an item pointer's offset): fold the high half in.
+        self.0 ^ (self.0 >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -211,11 +213,54 @@ pub struct ScanGraph {
     /// For each element whose distance came from its code, a lower bound of the exact one.
     bounds: std::collections::HashMap<NodeId, f32, BuildHasherDefault<TidHasher>>,
     query_norm: Option<f32>,
+    /// The level of the last neighbour list read: the distances asked for next are of
+    /// nodes on that level (all upper-level nodes when it is above 0).
+    level: u8,
 }
 
 impl ScanGraph {
-    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        ScanGraph { rel, m, metric, hints: Hints::take(rel), scratch: Vec::new(), tids: Vec::new(), upcoming: Vec::new(), next: 0, estimated: false, bounds: Default::default(), query_norm: None }
+    /// A scan's graph of the index as `meta` (just read) describes it.
+    pub fn new(rel: pg_sys::Relation, meta: &format::Meta) -> Self {
+        let mut hints = Hints::take(rel);
+        hints.upper.validate((super::page::file_number(rel), meta.entry.node(), meta.entry_level, meta.insert_block));
+        ScanGraph {
+            rel,
+            m: meta.m as usize,
+            metric: meta.metric,
+            hints,
+            scratch: Vec::new(),
+            tids: Vec::new(),
+            upcoming: Vec::new(),
+            next: 0,
+            estimated: false,
+            bounds: Default::default(),
+            query_norm: None,
+            level: 0,
+        }
+    }
+
+    /// An upper-level node to keep, from its element tuple and its page.
+    fn upper_node(&self, page: &super::page::PageRef, item: &[u8], head: &format::ElementHead) -> Option<UpperNode> {
+        let c = format::element_code(item)?;
+        if head.level == 0 {
+            return None;
+        }
+        let bytes = page.item(head.neighbors.offset).filter(|_| head.neighbors.is_valid())?;
+        let mut lists = Vec::with_capacity(head.level as usize);
+        for l in 1..=head.level {
+            let mut list = Vec::new();
+            format::neighbors_on(bytes, self.m, l, &mut list).ok()?;
+            lists.push(list.iter().map(|t| t.node()).collect());
+        }
+        Some(UpperNode { min: c.min, scale: c.scale, err: c.err, code: c.bytes.into(), lists })
+    }
+
+    /// Notes a distance computed on a code: the lower bound of the exact one.
+    fn noted(&mut self, query: &[f32], node: NodeId, estimate: f32, err: f32, scale: f32) -> f32 {
+        self.estimated = true;
+        let norm = *self.query_norm.get_or_insert_with(|| query.iter().map(|x| x * x).sum::<f32>().sqrt());
+        self.bounds.insert(node, self.metric.lower_bound(estimate, err, norm, query.len(), scale));
+        estimate
     }
 
     /// Whether the element at `tid` is deleted, and its heap rows (appended to `rows`);
@@ -314,21 +359,38 @@ impl GraphStore for ScanGraph {
                 self.hints.prefetch_tuple(Tid::from_node(after), 4 * query.len() + 128);
             }
         }
-        {
+        if let Some(u) = self.hints.upper.nodes.get(&node) {
+            if u.code.len() == query.len() {
+                let estimate = self.metric.coded(query, &u.code, u.min, u.scale);
+                let (err, scale) = (u.err, u.scale);
+                return self.noted(query, node, estimate, err, scale);
+            }
+        }
+        let mut keep = None;
+        let coded = {
             let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
-            element_head(item, tid);
-            if let Some(c) = format::element_code(item) {
-                if c.bytes.len() != query.len() {
-                    corrupted(format!("element ({}, {}) has a code of {} values, the index has {}", tid.block, tid.offset, c.bytes.len(), query.len()));
+            let head = element_head(item, tid);
+            match format::element_code(item) {
+                Some(c) => {
+                    if c.bytes.len() != query.len() {
+                        corrupted(format!("element ({}, {}) has a code of {} values, the index has {}", tid.block, tid.offset, c.bytes.len(), query.len()));
+                    }
+                    // A node met on an upper level: kept for the next scans.
+                    if self.level > 0 && head.neighbors.block == tid.block {
+                        keep = self.upper_node(&page, item, &head);
+                    }
+                    Some((self.metric.coded(query, c.bytes, c.min, c.scale), c.err, c.scale))
                 }
-                self.estimated = true;
-                let estimate = self.metric.coded(query, c.bytes, c.min, c.scale);
-                let norm = *self.query_norm.get_or_insert_with(|| query.iter().map(|x| x * x).sum::<f32>().sqrt());
-                self.bounds.insert(node, self.metric.lower_bound(estimate, c.err, norm, query.len(), c.scale));
-                return estimate;
+                None => None,
             }
+        };
+        if let Some(n) = keep {
+            self.hints.upper.insert(node, n);
+        }
+        if let Some((estimate, err, scale)) = coded {
+            return self.noted(query, node, estimate, err, scale);
         }
         self.exact(query, tid)
     }
@@ -338,8 +400,16 @@ impl GraphStore for ScanGraph {
         if !tid.is_valid() {
             return;
         }
+        self.level = level;
+        if level > 0 {
+            if let Some(list) = self.hints.upper.nodes.get(&node).and_then(|u| u.lists.get(level as usize - 1)) {
+                out.extend_from_slice(list);
+                return;
+            }
+        }
         self.tids.clear();
         let m = self.m;
+        let mut keep = None;
         let ntid = {
             let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
             let page = b.page();
@@ -348,11 +418,18 @@ impl GraphStore for ScanGraph {
             if head.neighbors.block == tid.block {
                 let bytes = page.item(head.neighbors.offset).unwrap_or_else(|| corrupted(format!("missing neighbour tuple ({}, {})", tid.block, head.neighbors.offset)));
                 format::neighbors_on(bytes, m, level, &mut self.tids).unwrap_or_else(|e| corrupted(e.to_string()));
+                // A node walked on an upper level: kept for the next scans.
+                if level > 0 {
+                    keep = self.upper_node(&page, item, &head);
+                }
                 None
             } else {
                 Some(head.neighbors)
             }
         };
+        if let Some(n) = keep {
+            self.hints.upper.insert(node, n);
+        }
         if let Some(ntid) = ntid {
             let b = Locked::read_hinted(self.rel, ntid.block, &mut self.hints);
             let page = b.page();
