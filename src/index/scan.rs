@@ -1,8 +1,9 @@
 //! ORDER BY col <op> constant: descend from the entry point, search level 0 with
 //! akidb.hnsw_ef_search candidates (comparing 8-bit codes where elements carry them),
-//! return them nearest first by exact distance, re-ranking them as they are asked for. With iterative scans
-//! (akidb.hnsw_iterative_scan) a scan that runs out searches again with a larger list,
-//! returning only rows it has not returned yet, until akidb.hnsw_max_scan_tuples.
+//! return them nearest first by exact distance, re-ranking them as they are asked for.
+//! With iterative scans (akidb.hnsw_iterative_scan) a scan that runs out searches again
+//! with a larger list, returning only rows it has not returned yet, until
+//! akidb.hnsw_max_scan_tuples.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
@@ -127,7 +128,7 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
 /// The nearest candidate of this round not yet returned, by exact distance: candidates
 /// are re-ranked (their exact distance computed from their values) in the order of
 /// their lower bounds, only until no bound is below the nearest exact distance known.
-/// A LIMIT 10 scan with a long list so re-ranks little more than 10.
+/// So a LIMIT 10 scan with a long list re-ranks little more than 10.
 fn next_ranked(st: &mut ScanState) -> Option<(f32, NodeId)> {
     let g = st.graph.as_mut()?;
     while let Some(&(bound, node)) = st.unranked.last() {
