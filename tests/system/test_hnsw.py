@@ -334,13 +334,9 @@ def test_streaming_standby_returns_the_same_top10():
         primary.stop(check=False)
 
 
-def test_concurrent_writers_readers_and_vacuum():
-    rng = np.random.default_rng(6)
-    with connect() as c:
-        c.execute("DROP TABLE IF EXISTS conc")
-        c.execute("CREATE TABLE conc (id serial PRIMARY KEY, v vector(8))")
-        c.execute("INSERT INTO conc (v) SELECT ARRAY[random(),random(),random(),random(),random(),random(),random(),random()]::real[]::vector FROM generate_series(1, 3000)")
-        c.execute("CREATE INDEX conc_idx ON conc USING akidb_hnsw (v vector_l2_ops)")
+def run_concurrently(seconds, bodies):
+    """Runs each body in a loop on its own connection (seqscans off) for `seconds`;
+    returns the errors they raised."""
     errors, stop = [], threading.Event()
 
     def loop(body):
@@ -351,6 +347,24 @@ def test_concurrent_writers_readers_and_vacuum():
                     body(c)
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
+
+    threads = [threading.Thread(target=loop, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_writers_readers_and_vacuum():
+    rng = np.random.default_rng(6)
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS conc")
+        c.execute("CREATE TABLE conc (id serial PRIMARY KEY, v vector(8))")
+        c.execute("INSERT INTO conc (v) SELECT ARRAY[random(),random(),random(),random(),random(),random(),random(),random()]::real[]::vector FROM generate_series(1, 3000)")
+        c.execute("CREATE INDEX conc_idx ON conc USING akidb_hnsw (v vector_l2_ops)")
 
     def write(c):
         c.execute("INSERT INTO conc (v) SELECT ARRAY[random(),random(),random(),random(),random(),random(),random(),random()]::real[]::vector FROM generate_series(1, 20)")
@@ -364,14 +378,7 @@ def test_concurrent_writers_readers_and_vacuum():
         c.execute("VACUUM conc")
         time.sleep(0.5)
 
-    threads = [threading.Thread(target=loop, args=(f,)) for f in [write, write, write, read, read, vacuum]]
-    for t in threads:
-        t.start()
-    time.sleep(15)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_concurrently(15, [write, write, write, read, read, vacuum]) == []
     with connect() as c:
         check_clean(c, "conc_idx")
         c.execute("VACUUM conc")
@@ -390,15 +397,6 @@ def test_concurrent_identical_vectors_with_vacuum_lose_no_row():
         c.execute("INSERT INTO twins (v) SELECT ARRAY[random(), random(), random(), random()]::real[]::vector FROM generate_series(1, 500)")
         c.execute(f"INSERT INTO twins (v) SELECT '{dup}' FROM generate_series(1, 150)")
         c.execute("CREATE INDEX twins_idx ON twins USING akidb_hnsw (v vector_l2_ops)")
-    errors, stop = [], threading.Event()
-
-    def loop(body):
-        try:
-            with connect() as c:
-                while not stop.is_set():
-                    body(c)
-        except Exception as e:  # noqa: BLE001
-            errors.append(repr(e))
 
     def write(c):
         for _ in range(5):
@@ -409,14 +407,7 @@ def test_concurrent_identical_vectors_with_vacuum_lose_no_row():
         c.execute("VACUUM twins")
         time.sleep(0.2)
 
-    threads = [threading.Thread(target=loop, args=(f,)) for f in [write, write, write, vacuum]]
-    for t in threads:
-        t.start()
-    time.sleep(12)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_concurrently(12, [write, write, write, vacuum]) == []
     with connect() as c:
         check_clean(c, "twins_idx")
         c.execute("SET enable_seqscan = off")
