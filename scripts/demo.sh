@@ -1,55 +1,105 @@
 #!/usr/bin/env bash
-# make demo: a local PostgreSQL with akidb; a sample corpus (Debian package
-# descriptions) embedded inside the database and semantic queries answered; plus the
-# vector type on a small hand-made table. Leaves the server running and says how to connect.
+# make demo: the product's story on a local PostgreSQL. 6,088 Debian package
+# descriptions (bench/data/debian_docs_5k.jsonl.gz, checksum pinned) are embedded inside
+# the database by CALL akidb_embed_column (all-MiniLM-L6-v2 on ONNX Runtime, progress
+# shown), indexed with akidb_hnsw (progress shown), and questions in plain English are
+# answered from psql with the time to embed each question and the time to search. The
+# server keeps running; the last lines say how to connect.
+#   PG          PostgreSQL major version (default 15)
+#   DEMO_PORT   port of the demo server (default 55432)
+#   DEMO_DOCS   how many of the documents to load (default: all)
 source "$(dirname "$0")/lib.sh"
 v="${PG:-15}"
+port="${DEMO_PORT:-55432}"
+started=$SECONDS
 ensure_apt_packages
 ensure_cargo_pgrx
 pgrx_init "$v"
+if [ ! -f "$AKIDB_ROOT/target/release/libakidb.so" ] && [ ! -f "${CARGO_TARGET_DIR:-$AKIDB_ROOT/target}/release/libakidb.so" ]; then
+    log "first build of the extension (release, fat LTO): about 6 minutes on 2 cores; later runs take seconds"
+fi
 install_extension "$v" --release
-start_cluster "$v" demo 55432
+log "setup done in $((SECONDS - started)) s"
+start_cluster "$v" "demo-$port" "$port"
+demo_started=$SECONDS
 psql() { "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -d postgres "$@"; }
-log "loading a small table of 3-d 'product' vectors"
+
+corpus="$AKIDB_ROOT/bench/data/debian_docs_5k.jsonl.gz"
+want="$(cat "$AKIDB_ROOT/bench/data/debian_docs_5k.sha256")"
+got="$(gunzip -c "$corpus" | sha256sum | cut -d' ' -f1)"
+[ "$got" = "$want" ] || die "$corpus: checksum $got, expected $want"
+n="${DEMO_DOCS:-0}"
+log "loading Debian package descriptions (checksum ok) into table docs"
 psql -q <<'SQL'
 CREATE EXTENSION akidb;
-CREATE TABLE items (id serial PRIMARY KEY, name text, embedding vector(3));
-INSERT INTO items (name, embedding) VALUES
-    ('brake pads',        '[0.9, 0.1, 0.0]'),
-    ('brake discs',       '[0.8, 0.2, 0.1]'),
-    ('wiper blades',      '[0.1, 0.9, 0.1]'),
-    ('windscreen washer', '[0.0, 0.8, 0.3]'),
-    ('spare tyre',        '[0.2, 0.1, 0.9]'),
-    ('tyre jack',         '[0.3, 0.0, 0.8]');
+CREATE TABLE docs (id serial PRIMARY KEY, package text NOT NULL, synopsis text, body text, embedding vector(384));
 SQL
-log "nearest neighbours of [0.25, 0.05, 0.85] ('how do I change a tire'), by three distances"
-psql -c "SELECT name, round((embedding <-> '[0.25,0.05,0.85]')::numeric, 4) AS l2,
-                round((embedding <=> '[0.25,0.05,0.85]')::numeric, 4) AS cosine,
-                round((embedding <#> '[0.25,0.05,0.85]')::numeric, 4) AS neg_inner
-         FROM items ORDER BY embedding <-> '[0.25,0.05,0.85]' LIMIT 3;"
-psql -c "SELECT avg(embedding) AS centroid, akidb_simd() AS simd FROM items;"
-
-n="${DEMO_DOCS:-500}"
-log "a sample corpus: $n Debian package descriptions (bench/data/debian_docs.jsonl)"
-psql -q -c "CREATE TABLE docs (id serial PRIMARY KEY, package text, synopsis text, body text, embedding vector(384));"
-python3 -c '
+gunzip -c "$corpus" | python3 -c '
 import csv, json, sys
+n = int(sys.argv[1])
 w = csv.writer(sys.stdout)
-for line in list(open(sys.argv[1], encoding="utf-8"))[:int(sys.argv[2])]:
+for i, line in enumerate(sys.stdin):
+    if n and i >= n:
+        break
     d = json.loads(line)
     w.writerow([d["package"], d["query"], d["body"]])
-' "$AKIDB_ROOT/bench/data/debian_docs.jsonl" "$n" | psql -q -c "\copy docs (package, synopsis, body) FROM STDIN WITH (FORMAT csv)"
-log "embedding them inside PostgreSQL: one embed(text[]) call (all-MiniLM-L6-v2 on ONNX Runtime)"
-psql -c "\timing on" -c "UPDATE docs SET embedding = e.v
-           FROM (SELECT unnest(ids) AS id, unnest(embed(bodies)) AS v
-                 FROM (SELECT array_agg(id) AS ids, array_agg(body) AS bodies FROM docs) s) e
-          WHERE docs.id = e.id;"
-# Each psql is a new backend that loads the model again; its fallback NOTICE was shown above.
-export PGOPTIONS="-c client_min_messages=warning"
-for q in "play chess against the computer" "edit photos" "read email in a terminal"; do
-    log "semantic query: '$q'"
-    psql -c "SELECT package, synopsis, round((embedding <=> embed_query('$q'))::numeric, 3) AS distance
-             FROM docs ORDER BY embedding <=> embed_query('$q') LIMIT 5;"
+' "$n" | psql -q -c "\copy docs (package, synopsis, body) FROM STDIN WITH (FORMAT csv)"
+psql -At -c "SELECT count(*) || ' documents, for example: ' || package || ': ' || left(body, 100) || '...' FROM docs GROUP BY package, body ORDER BY package LIMIT 1" |
+    tail -1 | sed 's/^/    /'
+
+log "embedding them inside PostgreSQL: CALL akidb_embed_column('docs', 'body', 'embedding')"
+log "(batches of 256 through embed(text[]), committed one by one; another session can watch akidb.embedding_progress)"
+psql -c "CALL akidb_embed_column('docs', 'body', 'embedding')" 2>&1 | sed -n 's/^NOTICE:  /    /p'
+psql -c "SELECT state, rows_done, rows_total, rows_per_second FROM akidb.embedding_progress"
+
+log "building the index: CREATE INDEX ON docs USING akidb_hnsw (embedding vector_cosine_ops)"
+psql -q -c "CREATE INDEX docs_embedding_idx ON docs USING akidb_hnsw (embedding vector_cosine_ops)" &
+build=$!
+while kill -0 "$build" 2>/dev/null; do
+    line=$(psql -At -F' ' -c "SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index" 2>/dev/null || true)
+    [ -n "$line" ] && printf '    %s\n' "$(echo "$line" | awk '{t=$NF; d=$(NF-1); $NF=""; $(NF-1)=""; printf "%s %s of %s tuples", $0, d, t}')"
+    sleep 0.5
 done
-log "the server keeps running: $PGBIN/psql -h $PGHOST -p $PGPORT -U postgres"
+wait "$build"
+psql -q -c "ANALYZE docs"
+psql -At -c "SELECT '    index: ' || pg_size_pretty(pg_relation_size('docs_embedding_idx')) || ', table: ' || pg_size_pretty(pg_table_size('docs'))"
+
+# ask(question): embeds the question, searches, and says how long each step took.
+psql -q <<'SQL'
+CREATE FUNCTION ask(question text, k integer DEFAULT 5)
+RETURNS TABLE (package text, synopsis text, distance numeric) LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    q  vector;
+    t1 timestamptz;
+BEGIN
+    q := embed_query(question);
+    t1 := clock_timestamp();
+    RETURN QUERY SELECT d.package, d.synopsis, round((d.embedding <=> q)::numeric, 3)
+                 FROM docs d ORDER BY d.embedding <=> q LIMIT k;
+    RAISE NOTICE 'embedding the question: % ms, searching % documents: % ms',
+        round(extract(epoch FROM t1 - t0)::numeric * 1000, 1),
+        (SELECT reltuples::bigint FROM pg_class WHERE oid = 'docs'::regclass),
+        round(extract(epoch FROM clock_timestamp() - t1)::numeric * 1000, 1);
+END $$;
+SQL
+log "the plan: an akidb_hnsw index scan, with the question embedded once"
+psql -c "EXPLAIN (COSTS OFF) SELECT package FROM docs ORDER BY embedding <=> embed_query('edit photos') LIMIT 5"
+
+log "questions in plain English, answered from psql: SELECT * FROM ask('...')"
+{
+    echo "SELECT akidb_load_model('') AS execution_provider;"
+    for q in "play chess against the computer" \
+             "edit photos on the desktop" \
+             "read my email in a terminal" \
+             "keep the clock synchronised over the network" \
+             "find out which program is using all the disk space"; do
+        echo "\\echo '>>> $q'"
+        echo "SELECT * FROM ask('$q');"
+    done
+} | psql 2>&1 | sed 's/^NOTICE:  /    /'
+
+log "demo done in $((SECONDS - demo_started)) s (setup $((demo_started - started)) s before it)"
+log "the server keeps running. Try a question of your own:"
+log "    $PGBIN/psql -h $PGHOST -p $PGPORT -U postgres -c \"SELECT * FROM ask('convert videos to another format')\""
 log "stop it with: runuser -u postgres -- $PGBIN/pg_ctl -D $CLUSTER_DIR/data stop"

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# make install: release build of akidb installed into the server of PG_CONFIG
-# (default: Debian's PostgreSQL 15).
+# make install: release build of akidb installed into the server of PG_CONFIG (default:
+# Debian's PostgreSQL 15), with everything embed() needs: ONNX Runtime next to the
+# extension (PKGLIBDIR/akidb/) and the default model (SHAREDIR/akidb/models/).
 source "$(dirname "$0")/lib.sh"
 ensure_apt_packages
 ensure_cargo_pgrx
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-v="$("$PG_CONFIG" --version | grep -oE '[0-9]+' | head -1)"
-cfg="$HOME/.pgrx/config.toml"
-grep -q "^pg$v = \"$PG_CONFIG\"" "$cfg" 2>/dev/null || cargo pgrx init "--pg$v" "$PG_CONFIG" >/dev/null
-log "building (release) and installing akidb into $("$PG_CONFIG" --version) at $("$PG_CONFIG" --pkglibdir)"
-cd "$AKIDB_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" --no-default-features --features "pg$v"
+PG_CONFIG="${PG_CONFIG:-$(pg_config_for 15)}"
+[ -x "$PG_CONFIG" ] || die "PG_CONFIG=$PG_CONFIG is not an executable pg_config"
+install_into "$PG_CONFIG" --release
+log "installed; in a database: CREATE EXTENSION akidb; SELECT embed('hello');"

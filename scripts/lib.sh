@@ -20,7 +20,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages the build and the tests need.
 ensure_apt_packages() {
     local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv unzip bc dataset-fashion-mnist)
-    local missing=()
+    local missing=() p
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
@@ -89,30 +89,57 @@ pg_config_for() {
     esac
 }
 
-# Registers every given PostgreSQL version with pgrx (one call: init rewrites the config).
+# cargo-pgrx's home: it honours PGRX_HOME, else ~/.pgrx.
+pgrx_config() { echo "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; }
+
+# Registers every given PostgreSQL version with pgrx: pgrx_init 15 18.
 pgrx_init() { # versions...
-    local args=()
-    for v in "$@"; do args+=("--pg$v" "$(pg_config_for "$v")"); done
-    local cfg="$HOME/.pgrx/config.toml" need=0
-    for v in "$@"; do grep -q "^pg$v = \"$(pg_config_for "$v")\"" "$cfg" 2>/dev/null || need=1; done
-    if [ $need = 1 ]; then
-        # Keep versions registered earlier, so that init does not forget them.
-        for v in 15 16 17 18; do
-            [[ " $* " == *" $v "* ]] && continue
-            grep -q "^pg$v = " "$cfg" 2>/dev/null && args+=("--pg$v" "$(sed -n "s/^pg$v = \"\(.*\)\"/\1/p" "$cfg")")
-        done
-        log "registering PostgreSQL $* with cargo-pgrx"
-        cargo pgrx init "${args[@]}" >/dev/null
-    fi
+    local v pairs=()
+    for v in "$@"; do pairs+=("$v=$(pg_config_for "$v")"); done
+    pgrx_register "${pairs[@]}"
 }
 
-# Builds the extension for version $1 and installs it into that server.
+# Registers version=pg_config pairs with pgrx. `cargo pgrx init` rewrites the whole
+# config, so versions registered earlier are passed again and kept.
+pgrx_register() { # 15=/path/to/pg_config ...
+    local cfg pair v pgc need=0 args=() given=" "
+    cfg="$(pgrx_config)"
+    for pair in "$@"; do
+        v="${pair%%=*}" pgc="${pair#*=}"
+        args+=("--pg$v" "$pgc") given+="$v "
+        grep -qxF "pg$v = \"$pgc\"" "$cfg" 2>/dev/null || need=1
+    done
+    [ "$need" = 1 ] || return 0
+    for v in 15 16 17 18; do
+        [[ "$given" == *" $v "* ]] && continue
+        pgc="$(sed -n "s/^pg$v = \"\(.*\)\"$/\1/p" "$cfg" 2>/dev/null || true)"
+        if [ -n "$pgc" ] && [ -x "$pgc" ]; then args+=("--pg$v" "$pgc"); fi
+    done
+    log "registering PostgreSQL${given% } with cargo-pgrx ($cfg)"
+    cargo pgrx init "${args[@]}" >/dev/null
+    for pair in "$@"; do
+        grep -q "^pg${pair%%=*} = " "$cfg" || die "cargo pgrx init did not register PostgreSQL ${pair%%=*} in $cfg"
+    done
+}
+
+# Builds the extension for version $1 and installs it, with ONNX Runtime and the models,
+# into that server.
 install_extension() { # version [--release]
     local v="$1"; shift
-    log "building and installing akidb into PostgreSQL $v $*"
-    (cd "$AKIDB_ROOT" && cargo pgrx install --pg-config "$(pg_config_for "$v")" --no-default-features --features "pg$v" "$@" >/dev/null)
-    install_runtime "$v"
+    install_into "$(pg_config_for "$v")" "$@"
 }
+
+# The same for any server, named by its pg_config (registered with pgrx first).
+install_into() { # pg_config [--release]
+    local pgc="$1"; shift
+    local v; v="$(pg_major "$pgc")"
+    pgrx_register "$v=$pgc"
+    log "building and installing akidb into $("$pgc" --version) at $("$pgc" --pkglibdir) $*"
+    (cd "$AKIDB_ROOT" && cargo pgrx install --pg-config "$pgc" --no-default-features --features "pg$v" "$@" >/dev/null)
+    install_runtime "$pgc"
+}
+
+pg_major() { "$1" --version | grep -oE '[0-9]+' | head -1; }
 
 # A throwaway cluster run as the postgres user (PostgreSQL refuses to run as root).
 # Sets PGHOST, PGPORT, PGUSER, PGBIN, CLUSTER_DIR for the caller.
@@ -125,7 +152,7 @@ start_cluster() { # version name port [postgres -c options...]
     chown postgres: "$CLUSTER_DIR"
     log "starting PostgreSQL $v cluster '$name' on port $port ($CLUSTER_DIR)"
     run_as_postgres "$PGBIN/initdb" -D "$CLUSTER_DIR/data" -A trust -U postgres >/dev/null
-    local opts="-p $port -k $CLUSTER_DIR -c listen_addresses=''"
+    local opts="-p $port -k $CLUSTER_DIR -c listen_addresses=''" o
     for o in "$@"; do opts+=" -c $o"; done
     run_as_postgres "$PGBIN/pg_ctl" -D "$CLUSTER_DIR/data" -o "$opts" -l "$CLUSTER_DIR/server.log" -w start >/dev/null
     export PGHOST="$CLUSTER_DIR" PGPORT="$port" PGUSER=postgres PGBIN CLUSTER_DIR
@@ -194,17 +221,18 @@ ensure_default_model() {
 
 # Puts ONNX Runtime next to the extension (PKGLIBDIR/akidb/) and the models of models/
 # into SHAREDIR/akidb/models/, readable by the postgres user.
-install_runtime() { # version
-    local pgc; pgc=$(pg_config_for "$1")
+install_runtime() { # pg_config
+    local pgc="$1"
     local ort; ort=$(ensure_onnxruntime)
     ensure_default_model
     local libdir sharedir
     libdir="$("$pgc" --pkglibdir)/akidb" sharedir="$("$pgc" --sharedir)/akidb/models"
     mkdir -p "$libdir" "$sharedir"
+    local m f name
     cp -f "$ort" "$libdir/" && ln -sf "$(basename "$ort")" "$libdir/libonnxruntime.so"
     for m in "$AKIDB_ROOT"/models/*/; do
         [ -f "$m/akidb.json" ] || continue
-        local name; name=$(basename "$m")
+        name=$(basename "$m")
         mkdir -p "$sharedir/$name"
         cp -f "$m"/akidb.json "$sharedir/$name/"
         for f in "$m"/*.onnx "$m"/*.onnx.data "$m"/tokenizer.json; do

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""A fixed document set from Debian's package descriptions (apt's Translation-en).
+"""Document sets from Debian's package descriptions (apt's Translation-en).
 
 Each document is a package's long description; its synopsis (the one-line summary)
-is kept as a natural query for it. Every 25th package of bookworm main, by name, so
-the set is fixed; a copy is committed (bench/data/debian_docs.jsonl) and the
-benchmarks read that, so the numbers stay comparable.
+is kept as a natural query for it, and that package is the query's one relevant
+document. Packages of bookworm main are sorted by name and every N-th is kept (N = 1
+keeps them all), so a set is fixed by N. Descriptions shorter than 80 characters are
+left out, and so is a package whose description is shared with an earlier one (a query
+with two equally right answers measures nothing).
 
-usage: make_debian_docs.py TRANSLATION_EN_FILE OUT_JSONL   (decompress the .lz4 first)
+Committed sets (the benchmarks and the demo read these, so numbers stay comparable):
+  debian_docs.jsonl          N = 25, 2,491 documents (bench/embed)
+  debian_docs_5k.jsonl.gz    N = 10, the demo's corpus and the retrieval-quality set
+The whole corpus (N = 1, about 54,000) is built at benchmark time by
+bench/data/debian_corpus.sh from apt's lists.
+
+usage: make_debian_docs.py TRANSLATION_EN_FILE OUT_JSONL [N]   (decompress the .lz4 first)
 """
+import gzip
 import json
 import sys
 
@@ -28,16 +37,27 @@ def packages(text):
             lines.append("" if line.strip() == "." else line.strip())
 
 
-def main(src, out):
+def main(src, out, every="25"):
+    every = int(every)
     pkgs = sorted(packages(open(src, encoding="utf-8").read()))
-    chosen = [p for i, p in enumerate(pkgs) if i % 25 == 0 and len(p[2]) >= 80]
-    with open(out, "w", encoding="utf-8") as f:
+    seen = set()
+    chosen = []
+    for i, p in enumerate(pkgs):
+        if i % every or len(p[2]) < 80:
+            continue
+        if every == 25:  # the set committed before duplicates were dropped
+            chosen.append(p)
+        elif p[2] not in seen:
+            seen.add(p[2])
+            chosen.append(p)
+    opener = gzip.open if out.endswith(".gz") else open
+    with opener(out, "wt", encoding="utf-8") as f:
         for name, synopsis, body in chosen:
             f.write(json.dumps({"package": name, "query": synopsis, "body": body}, ensure_ascii=False) + "\n")
     print(f"{len(chosen)} documents of {len(pkgs)} packages -> {out}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     main(*sys.argv[1:])

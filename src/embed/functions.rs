@@ -7,8 +7,7 @@ use akidb_embed::Purpose;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use super::registry::{self, with_model};
-use crate::interrupt::PgInterrupt;
+use super::registry;
 use crate::types::datum::VectorOut;
 
 fn dims_arg(dims: i32) -> Option<usize> {
@@ -28,9 +27,7 @@ fn dims_arg(dims: i32) -> Option<usize> {
 
 fn embed_one(input: &str, model: &str, dims: i32, purpose: Purpose) -> VectorOut {
     let name = registry::resolve_model(model);
-    let dims = dims_arg(dims);
-    let mut v = with_model(&name, |m| m.embed(&[input], purpose, dims, &PgInterrupt));
-    VectorOut::from_slice(&v.pop().expect("one text in, one vector out"))
+    VectorOut::from_slice(&registry::embed_single(&name, input, purpose, dims_arg(dims)))
 }
 
 fn embed_many(inputs: Array<&str>, model: &str, dims: i32, purpose: Purpose) -> Vec<Option<VectorOut>> {
@@ -41,29 +38,50 @@ fn embed_many(inputs: Array<&str>, model: &str, dims: i32, purpose: Purpose) -> 
     let mut vectors = if present.is_empty() {
         Vec::new()
     } else {
-        with_model(&name, |m| m.embed(&present, purpose, dims, &PgInterrupt))
+        registry::embed_texts(&name, &present, purpose, dims)
     }
     .into_iter();
     texts.iter().map(|t| t.map(|_| VectorOut::from_slice(&vectors.next().expect("one vector per text")))).collect()
 }
 
+// cost = 10000: a model call takes milliseconds (all-MiniLM-L6-v2, one short text, 2-core
+// CPU: about 3 ms), where one unit of COST is cpu_operator_cost (0.0025 by default). 10,000
+// units (25 cost points, as much as 25 sequential page reads) tell the planner that a call
+// per row is expensive, so a generic plan of `ORDER BY v <=> embed_query($1) LIMIT k` takes
+// an index scan, while a bulk UPDATE of a few thousand rows stays below jit_above_cost.
+// Should a plan still call it per row, the backend's recent-embedding cache answers the
+// repeats (registry::embed_single).
 /// The embedding of a document.
-#[pg_extern(immutable, parallel_safe, name = "embed", requires = ["vector_type"])]
+#[pg_extern(immutable, parallel_safe, name = "embed", cost = 10000, requires = ["vector_type"])]
 fn embed_text(input: &str, model: default!(&str, "''"), dims: default!(i32, 0)) -> VectorOut {
     embed_one(input, model, dims, Purpose::Document)
 }
 
 /// The embedding of a query: the model's query instruction or prefix, then the text.
-#[pg_extern(immutable, parallel_safe, requires = ["vector_type"])]
+#[pg_extern(immutable, parallel_safe, cost = 10000, requires = ["vector_type"])]
 fn embed_query(input: &str, model: default!(&str, "''"), dims: default!(i32, 0)) -> VectorOut {
     embed_one(input, model, dims, Purpose::Query)
 }
 
 /// The embeddings of many documents, in batches (the fast path for bulk work). NULL
 /// elements give NULL elements.
-#[pg_extern(immutable, parallel_safe, name = "embed", requires = ["vector_type"])]
+#[pg_extern(immutable, parallel_safe, name = "embed", cost = 10000, requires = ["vector_type"])]
 fn embed_texts(inputs: Array<&str>, model: default!(&str, "''"), dims: default!(i32, 0)) -> Vec<Option<VectorOut>> {
     embed_many(inputs, model, dims, Purpose::Document)
+}
+
+/// The model a name means: itself, or akidb.default_model for ''.
+#[pg_extern(stable, parallel_safe)]
+fn akidb_resolve_model(name: &str) -> String {
+    registry::resolve_model(name)
+}
+
+/// How many dimensions `embed(text, model, dims)` returns; loads the model (an unknown or
+/// broken model is an ERROR here, before any bulk work starts).
+#[pg_extern(volatile, parallel_unsafe)]
+fn akidb_model_dims(model: default!(&str, "''"), dims: default!(i32, 0)) -> i32 {
+    let name = registry::resolve_model(model);
+    registry::embed_single(&name, "", Purpose::Document, dims_arg(dims)).len() as i32
 }
 
 /// Loads a model into this backend now and returns the execution provider it got.
@@ -92,11 +110,12 @@ fn akidb_models() -> TableIterator<
         name!(execution_provider, Option<String>),
         name!(load_ms, Option<f64>),
         name!(memory_bytes, Option<i64>),
+        name!(texts_embedded, Option<i64>),
         name!(error, Option<String>),
     ),
 > {
     TableIterator::new(registry::model_rows().into_iter().map(|r| {
-        (r.name, r.provider, r.dimensions, r.pooling, r.max_tokens, r.loaded, r.execution_provider, r.load_ms, r.memory_bytes, r.error)
+        (r.name, r.provider, r.dimensions, r.pooling, r.max_tokens, r.loaded, r.execution_provider, r.load_ms, r.memory_bytes, r.texts_embedded, r.error)
     }))
 }
 
@@ -109,4 +128,10 @@ COMMENT ON VIEW akidb.models IS 'Embedding models under akidb.model_path, and wh
 "#,
     name = "akidb_models_view",
     requires = [akidb_models]
+);
+
+pgrx::extension_sql_file!(
+    "../../sql/embed_column.sql",
+    name = "embed_column",
+    requires = ["akidb_models_view", embed_texts, akidb_resolve_model, akidb_model_dims]
 );

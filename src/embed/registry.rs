@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use akidb_embed::{
-    EmbedError, ExecutionProvider, LoadOptions, Model, ModelSpec, SessionOptions, TensorRtOptions,
+    EmbedError, ExecutionProvider, LoadOptions, Model, ModelSpec, Purpose, SessionOptions, TensorRtOptions,
 };
 use parking_lot::Mutex;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::error::{raise_embed, OrRaise};
+use crate::interrupt::PgInterrupt;
 use crate::settings;
 
 /// The models this backend has loaded. Backends are single-threaded; the lock keeps the
@@ -103,10 +104,22 @@ pub fn load_options() -> LoadOptions {
     }
 }
 
+/// Texts each model has embedded in this backend since it was loaded (akidb.models'
+/// texts_embedded): what shows whether a plan runs the model once or once per row.
+static EMBEDDED: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
+
+/// Embeds `texts` with the named model (loading it first if this backend has not).
+pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> Vec<Vec<f32>> {
+    let vectors = with_model(name, |m| m.embed(texts, purpose, dims, &PgInterrupt));
+    *EMBEDDED.lock().entry(name.to_string()).or_default() += texts.len() as i64;
+    vectors
+}
+
 /// Runs `f` on the named model, loading it first if this backend has not.
 pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedError>) -> T {
     let mut models = MODELS.lock();
     if !models.contains_key(name) {
+        RECENT.lock().retain(|r| r.model != name);
         let model = load(name);
         models.insert(name.to_string(), model);
     }
@@ -151,7 +164,49 @@ pub fn load_model(name: &str) -> &'static str {
 
 /// Frees `name`; false if it was not loaded.
 pub fn unload_model(name: &str) -> bool {
+    RECENT.lock().retain(|r| r.model != name);
+    EMBEDDED.lock().remove(name);
     MODELS.lock().remove(name).is_some()
+}
+
+/// The last few single-text embeddings of this backend. `embed` is IMMUTABLE, so a
+/// repeated call may be answered from here; that is what keeps a generic plan's
+/// `ORDER BY v <=> embed_query($1)` from running the model once per row when the
+/// planner cannot fold the call into a constant. Entries of a model go with it when it
+/// is unloaded.
+struct Recent {
+    model: String,
+    purpose: Purpose,
+    dims: Option<usize>,
+    text: String,
+    vector: Vec<f32>,
+}
+
+static RECENT: Mutex<Vec<Recent>> = Mutex::new(Vec::new());
+const RECENT_ENTRIES: usize = 16;
+/// Longer texts are documents, not queries repeated row after row: not kept.
+const RECENT_MAX_TEXT: usize = 16 * 1024;
+
+/// The embedding of one text, from the recent ones or from the model.
+pub fn embed_single(name: &str, text: &str, purpose: Purpose, dims: Option<usize>) -> Vec<f32> {
+    {
+        let mut recent = RECENT.lock();
+        if let Some(i) = recent.iter().position(|r| r.purpose == purpose && r.dims == dims && r.model == name && r.text == text) {
+            let hit = recent.remove(i);
+            let vector = hit.vector.clone();
+            recent.insert(0, hit);
+            return vector;
+        }
+    }
+    let vector = embed_texts(name, &[text], purpose, dims)
+        .pop()
+        .expect("one text in, one vector out");
+    if text.len() <= RECENT_MAX_TEXT {
+        let mut recent = RECENT.lock();
+        recent.truncate(RECENT_ENTRIES - 1);
+        recent.insert(0, Recent { model: name.to_string(), purpose, dims, text: text.to_string(), vector: vector.clone() });
+    }
+    vector
 }
 
 /// A row of akidb.models.
@@ -165,15 +220,18 @@ pub struct ModelRow {
     pub execution_provider: Option<String>,
     pub load_ms: Option<f64>,
     pub memory_bytes: Option<i64>,
+    pub texts_embedded: Option<i64>,
     pub error: Option<String>,
 }
 
 pub fn model_rows() -> Vec<ModelRow> {
     let models = MODELS.lock();
+    let embedded = EMBEDDED.lock();
     ModelSpec::list(&model_path())
         .into_iter()
         .map(|(name, spec)| {
             let loaded = models.get(&name);
+            let texts_embedded = loaded.map(|_| embedded.get(&name).copied().unwrap_or(0));
             let (provider, dimensions, pooling, max_tokens, error) = match &spec {
                 Ok(s) => (
                     Some(s.manifest.provider.as_str().to_string()),
@@ -194,6 +252,7 @@ pub fn model_rows() -> Vec<ModelRow> {
                 execution_provider: loaded.map(|m| m.execution_provider.to_string()),
                 load_ms: loaded.map(|m| m.load_ms),
                 memory_bytes: loaded.map(|m| m.memory_bytes),
+                texts_embedded,
                 error,
             }
         })

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# First-run tier of make test: what a new user meets on a fresh machine, with none of
+# this machine's state. A clone of the checkout runs `make demo` and `make install`
+# with an empty cargo-pgrx home (PGRX_HOME), an empty state directory (AKIDB_OPT: no
+# PostgreSQL builds, no ONNX Runtime, no Python environment, no downloads) and an empty
+# run directory, so every first-run branch of the scripts executes. The compiled crates
+# are shared with the checkout (CARGO_TARGET_DIR), since a build from nothing is no
+# different a second time. Checks:
+#   1. make demo succeeds and its questions get answers through the index;
+#   2. make install PG_CONFIG=<PostgreSQL 16 from PyPI> installs everything embed()
+#      needs: a fresh server of that version runs CREATE EXTENSION and embed('x').
+# Prints "N passed, N failed".
+source "$(dirname "$0")/lib.sh"
+fresh="$(mktemp -d /tmp/akidb-firstrun.XXXXXX)"
+chmod 755 "$fresh"
+export PGRX_HOME="$fresh/pgrx" AKIDB_OPT="$fresh/opt" AKIDB_RUN="$fresh/run"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AKIDB_ROOT/target}"
+mkdir -p "$PGRX_HOME" "$AKIDB_OPT" "$AKIDB_RUN" && chmod 755 "$AKIDB_OPT" "$AKIDB_RUN"
+passed=0 failed=0
+check() { # description command...
+    local what="$1"; shift
+    if "$@"; then passed=$((passed + 1)); echo "ok: $what"
+    else failed=$((failed + 1)); echo "FAILED: $what"; fi
+}
+cleanup() {
+    local d bin
+    for d in "$AKIDB_RUN"/*/; do
+        [ -f "$d/data/postmaster.pid" ] || continue
+        for bin in /usr/lib/postgresql/15/bin "$AKIDB_OPT/pg16/bin"; do
+            [ -x "$bin/pg_ctl" ] && run_as_postgres "$bin/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 && break
+        done
+    done
+    rm -rf "$fresh"
+}
+trap cleanup EXIT
+
+log "first run: a clone of the checkout in $fresh/akidb"
+git clone -q "$AKIDB_ROOT" "$fresh/akidb"
+# Uncommitted changes of the checkout go with it, so the tier tests the working tree.
+(cd "$AKIDB_ROOT" && git diff HEAD --binary) | (cd "$fresh/akidb" && git apply --allow-empty 2>/dev/null || true)
+(cd "$AKIDB_ROOT" && git ls-files --others --exclude-standard -z) | (cd "$AKIDB_ROOT" && xargs -0 -r cp --parents -t "$fresh/akidb")
+chmod -R a+rX "$fresh/akidb"
+
+demo_log="$fresh/demo.log"
+demo_ok() {
+    (cd "$fresh/akidb" && DEMO_PORT=55439 make demo) 2>&1 | tee "$demo_log"
+    [ "${PIPESTATUS[0]}" = 0 ] || return 1
+    # The demo told how to connect, the plan used the index, every question got 5 answers.
+    grep -q "Try a question of your own" "$demo_log" &&
+        grep -q "Index Scan using docs_embedding_idx" "$demo_log" &&
+        [ "$(grep -c '^(5 rows)' "$demo_log")" -ge 5 ] &&
+        grep -q "rows embedded in" "$demo_log"
+}
+check "make demo on a fresh machine (empty PGRX_HOME and AKIDB_OPT)" demo_ok
+check "cargo-pgrx registered PostgreSQL 15 in the fresh PGRX_HOME" grep -q "^pg15 = " "$PGRX_HOME/config.toml"
+
+install_ok() {
+    local pgc; pgc="$(pg_config_for 16)"
+    (cd "$fresh/akidb" && make install PG_CONFIG="$pgc") || return 1
+    start_cluster 16 firstrun-16 55438
+    local got
+    got="$("$PGBIN/psql" -X -At -d postgres -c "CREATE EXTENSION akidb" \
+        -c "SELECT vector_dims(embed('x')) || ' ' || round(vector_norm(embed('x'))::numeric, 3)" 2>&1)"
+    stop_cluster
+    echo "embed('x') on a fresh PostgreSQL 16: $got"
+    [ "$(echo "$got" | tail -1)" = "384 1.000" ]
+}
+check "make install PG_CONFIG=<fresh PostgreSQL 16>: embed('x') works" install_ok
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
