@@ -4,7 +4,8 @@
 #   PG_BUILD_ONLY versions that are only built (default "16 17" when PG is the default)
 # Tiers: core and embedding-engine unit tests (cargo test), #[pg_test] in a real server
 # (cargo pgrx test), SQL regression (pg_regress), system tests that drive a real server
-# from outside (pytest), pgvector compatibility (PG 18 with pgvector 0.8.6).
+# from outside (pytest), pgvector compatibility (PG 18 with pgvector 0.8.6), and a first
+# run of make demo and make install with none of this machine's state (scripts/firstrun.sh).
 # Prints one "N passed, N failed" line at the end; exits non-zero on any failure.
 source "$(dirname "$0")/lib.sh"
 PG="${PG:-15 18}"
@@ -68,6 +69,9 @@ done
 for v in $PG_BUILD_ONLY; do
     tier "build, PostgreSQL $v" build_only "$v"
 done
+# A fresh machine's first run: make demo and make install with an empty PGRX_HOME and
+# AKIDB_OPT (FIRST_RUN=0 skips it, e.g. for make test PG=16 during development).
+[ "${FIRST_RUN:-1}" = 1 ] && tier "first run: make demo, make install (fresh state)" bash scripts/firstrun.sh
 
 echo
 printf '%s\n' "${report[@]}"

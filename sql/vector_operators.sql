@@ -56,6 +56,18 @@ CREATE AGGREGATE sum(vector) (
     PARALLEL = SAFE
 );
 
+-- What a distance call costs the planner: it grows with the dimensions and with a TOAST
+-- fetch (src/types/planner.rs); without it a sort of TOASTed rows looks cheaper than an
+-- index scan.
+CREATE FUNCTION akidb_distance_support(internal) RETURNS internal
+    AS 'MODULE_PATHNAME', 'akidb_distance_support' LANGUAGE C STRICT;
+ALTER FUNCTION l2_distance(vector, vector) SUPPORT akidb_distance_support;
+ALTER FUNCTION vector_l2_squared_distance(vector, vector) SUPPORT akidb_distance_support;
+ALTER FUNCTION inner_product(vector, vector) SUPPORT akidb_distance_support;
+ALTER FUNCTION vector_negative_inner_product(vector, vector) SUPPORT akidb_distance_support;
+ALTER FUNCTION cosine_distance(vector, vector) SUPPORT akidb_distance_support;
+ALTER FUNCTION l1_distance(vector, vector) SUPPORT akidb_distance_support;
+
 -- akidb_hnsw: the HNSW index access method (src/index/) and its operator classes.
 CREATE FUNCTION akidb_hnsw_handler(internal) RETURNS index_am_handler
     AS 'MODULE_PATHNAME', 'akidb_hnsw_handler' LANGUAGE C;

@@ -193,21 +193,33 @@ unsafe extern "C-unwind" fn amcostestimate(
         }
         let info = (*path).indexinfo;
         let tuples = (*info).tuples.max(1.0);
-        let index_pages = ((*info).pages as f64).max(1.0);
         let ef = settings::HNSW_EF_SEARCH.get() as f64;
-        // The planner holds a lock on the index; open it only to read its m.
+        // The planner holds a lock on the index; open it only to read its m and dimensions.
         let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as i32);
-        let m = params(index).m as f64;
+        let m = params(index).m;
+        let desc = pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att);
+        let dims = desc.get(0).map_or(0, |a| a.atttypmod.max(0) as usize);
+        drop(desc);
         pg_sys::index_close(index, pg_sys::NoLock as i32);
-        // A search looks at about ef * 2m nodes on level 0 (plus a few above), each a
-        // random page read of an element and its neighbour list.
-        let visited = (ef * 2.0 * m * 1.2).min(tuples);
-        let pages_fetched = visited.min(index_pages);
-        let cost = pages_fetched * pg_sys::random_page_cost + visited * (pg_sys::cpu_index_tuple_cost + 4.0 * pg_sys::cpu_operator_cost);
+        let coded = akidb_core::hnsw::format::code_len(dims, 0, m) > 0;
+        let p = cost_params();
+        let cost = akidb_core::hnsw::cost::index_scan(p, tuples, dims, coded, ef, m as f64);
+        // All the work happens before the first row comes back.
         *startup = cost;
         *total = cost;
         *selectivity = 1.0;
-        *pages = pages_fetched;
+        *pages = akidb_core::hnsw::cost::visited(tuples, ef, m as f64).min((*info).pages as f64);
+    }
+}
+
+/// The planner's cost parameters as this session has them.
+pub fn cost_params() -> akidb_core::hnsw::cost::CostParams {
+    // SAFETY: plain reads of PostgreSQL's cost GUC variables on the main thread.
+    unsafe {
+        akidb_core::hnsw::cost::CostParams {
+            cpu_operator_cost: pg_sys::cpu_operator_cost,
+            cpu_index_tuple_cost: pg_sys::cpu_index_tuple_cost,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod casts;
 pub mod datum;
 pub mod functions;
 pub mod io;
+pub mod planner;
 
 pub use datum::{Vector, VectorOut, VectorRef};
 

@@ -4,6 +4,7 @@
 //! calls into this.
 
 pub mod build;
+pub mod cost;
 pub mod format;
 pub mod search;
 
