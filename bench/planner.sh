@@ -6,12 +6,7 @@
 # (--dims 50,384 --rows 1000,10000 --ef 40,200).
 source "$(dirname "$0")/../scripts/lib.sh"
 v="${PG:-15}"
-ensure_apt_packages
-ensure_cargo_pgrx
-pgrx_init "$v"
-install_extension "$v" --release
-py="$(ensure_venv)"
-"$py" -c "import matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "matplotlib==3.10.8"
+py="$(bench_setup "$v" "matplotlib==3.10.8")"
 start_cluster "$v" bench-planner 55471 "shared_buffers=4GB" "max_wal_size=8GB" "checkpoint_timeout=30min"
 trap stop_cluster EXIT
 "$PGBIN/psql" -X -q -d postgres -c "CREATE EXTENSION akidb"

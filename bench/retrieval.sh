@@ -5,12 +5,7 @@
 # corpus (about 59,000 descriptions, built here from apt's Translation-en) when FULL=1,
 # else on the same 6,088. Results: bench/results/retrieval-<host>.json and .png.
 source "$(dirname "$0")/../scripts/lib.sh"
-ensure_apt_packages
-ensure_cargo_pgrx
-pgrx_init 15
-install_extension 15 --release
-py="$(ensure_venv)"
-"$py" -c "import tokenizers, matplotlib" 2>/dev/null || "$(dirname "$py")/pip" install -q "tokenizers==0.22.2" "matplotlib==3.10.8"
+py="$(bench_setup 15 "tokenizers==0.22.2" "matplotlib==3.10.8")"
 extra=()
 if [ "${FULL:-0}" = 1 ]; then
     full="$AKIDB_OPT/debian_docs_all.jsonl.gz"

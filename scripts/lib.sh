@@ -242,6 +242,24 @@ install_runtime() { # pg_config
     chmod -R a+rX "$libdir" "$sharedir"
 }
 
+# What every benchmark starts with: the release build of akidb installed into PostgreSQL
+# $1 with its runtime, and the Python environment plus the given extra packages. Prints
+# the Python interpreter's path.
+bench_setup() { # version [pip packages...]
+    local v="$1"; shift
+    ensure_apt_packages
+    ensure_cargo_pgrx
+    pgrx_init "$v"
+    install_extension "$v" --release
+    local py; py="$(ensure_venv)"
+    local mods="" p
+    for p in "$@"; do mods+="${mods:+, }${p%%==*}"; done
+    if [ -n "$mods" ] && ! "$py" -c "import $mods" 2>/dev/null; then
+        "$(dirname "$py")/pip" install -q "$@" >&2
+    fi
+    echo "$py"
+}
+
 # Runs pytest over a test directory and prints "N passed, N failed" (what CI reads).
 run_pytest() { # dir [pytest args...]
     local dir="$1"; shift

@@ -8,7 +8,7 @@
 -- akidb.embedding_progress, readable from any session, and in a NOTICE at most once a
 -- second (SET client_min_messages = warning hides it).
 --
--- It is a procedure because it commits: CALL it outside a transaction block. It runs
+-- A partitioned table is filled partition by partition. It is a procedure because it commits: CALL it outside a transaction block. It runs
 -- with the caller's rights; only its progress row is written with the extension's.
 
 -- One row per (table, target column): the last or the running fill of that column.
@@ -86,6 +86,10 @@ DECLARE
     elapsed   float8;
     pick      text;
     fill      text;
+    model_name text;
+    leaves    regclass[];
+    leaf      regclass;
+    part      bigint;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
         RAISE EXCEPTION 'batch_size must be between 1 and 100000, not %', batch_size
@@ -124,35 +128,48 @@ BEGIN
             USING ERRCODE = '22000', HINT = format('Declare the column as vector(%s).', want_dims);
     END IF;
 
-    pick := format('SELECT array_agg(ctid), array_agg(%1$I::text) FROM (SELECT ctid, %1$I FROM %3$s
-                    WHERE %2$I IS NULL AND %1$I IS NOT NULL LIMIT $1 FOR UPDATE SKIP LOCKED) s',
-                   source, target, relation);
-    fill := format('UPDATE %1$s SET %2$I = $2[array_position($1, ctid)] WHERE ctid = ANY ($1)', relation, target);
-    EXECUTE format('SELECT count(*) FROM %3$s WHERE %2$I IS NULL AND %1$I IS NOT NULL', source, target, relation)
-        INTO total;
-    PERFORM akidb.report_embedding_job(relation, target, source, @extschema@.akidb_resolve_model(model),
-                                       'running', total, 0, started);
-    COMMIT;
-    LOOP
-        EXECUTE pick INTO ids, texts USING batch_size;
-        EXIT WHEN ids IS NULL;
-        vecs := @extschema@.embed(texts, model, dims);
-        EXECUTE fill USING ids, vecs;
-        done := done + cardinality(ids);
-        PERFORM akidb.report_embedding_job(relation, target, source, @extschema@.akidb_resolve_model(model),
-                                           'running', greatest(total, done), done, started);
-        COMMIT;
-        IF clock_timestamp() - noticed >= interval '1 second' THEN
-            noticed := clock_timestamp();
-            elapsed := extract(epoch FROM noticed - started);
-            RAISE NOTICE 'akidb_embed_column: % of % rows (% %%), % rows/s, about % s left',
-                done, greatest(total, done), round(100.0 * done / greatest(total, done, 1), 1),
-                round((done / elapsed)::numeric, 1),
-                round((elapsed * greatest(total - done, 0) / done)::numeric);
-        END IF;
+    model_name := @extschema@.akidb_resolve_model(model);
+    -- Rows are picked and updated by ctid, which is unique only within one table: a
+    -- partitioned table is done leaf partition by leaf partition (ONLY each).
+    IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = relation) = 'p' THEN
+        leaves := ARRAY(SELECT p.relid FROM pg_catalog.pg_partition_tree(relation) p
+                        WHERE p.isleaf ORDER BY p.level, p.relid::oid);
+    ELSE
+        leaves := ARRAY[relation];
+    END IF;
+    total := 0;
+    FOREACH leaf IN ARRAY leaves LOOP
+        EXECUTE format('SELECT count(*) FROM ONLY %3$s WHERE %2$I IS NULL AND %1$I IS NOT NULL', source, target, leaf)
+            INTO part;
+        total := total + part;
     END LOOP;
-    PERFORM akidb.report_embedding_job(relation, target, source, @extschema@.akidb_resolve_model(model),
-                                       'done', greatest(total, done), done, started);
+    PERFORM akidb.report_embedding_job(relation, target, source, model_name, 'running', total, 0, started);
+    COMMIT;
+    FOREACH leaf IN ARRAY leaves LOOP
+        pick := format('SELECT array_agg(ctid), array_agg(%1$I::text) FROM (SELECT ctid, %1$I FROM ONLY %3$s
+                        WHERE %2$I IS NULL AND %1$I IS NOT NULL LIMIT $1 FOR UPDATE SKIP LOCKED) s',
+                       source, target, leaf);
+        fill := format('UPDATE ONLY %1$s SET %2$I = $2[array_position($1, ctid)] WHERE ctid = ANY ($1)', leaf, target);
+        LOOP
+            EXECUTE pick INTO ids, texts USING batch_size;
+            EXIT WHEN ids IS NULL;
+            vecs := @extschema@.embed(texts, model, dims);
+            EXECUTE fill USING ids, vecs;
+            done := done + cardinality(ids);
+            PERFORM akidb.report_embedding_job(relation, target, source, model_name, 'running',
+                                               greatest(total, done), done, started);
+            COMMIT;
+            IF clock_timestamp() - noticed >= interval '1 second' THEN
+                noticed := clock_timestamp();
+                elapsed := extract(epoch FROM noticed - started);
+                RAISE NOTICE 'akidb_embed_column: % of % rows (% %%), % rows/s, about % s left',
+                    done, greatest(total, done), round(100.0 * done / greatest(total, done, 1), 1),
+                    round((done / elapsed)::numeric, 1),
+                    round((elapsed * greatest(total - done, 0) / done)::numeric);
+            END IF;
+        END LOOP;
+    END LOOP;
+    PERFORM akidb.report_embedding_job(relation, target, source, model_name, 'done', greatest(total, done), done, started);
     COMMIT;
     elapsed := greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
     RAISE NOTICE 'akidb_embed_column: % rows embedded in % s (% rows/s)',

@@ -43,6 +43,7 @@ def make_table(conn, name, dims, rows, rng):
             cp.write(buf.tobytes())
             done += n
         cp.write(b"\xff\xff")
+    conn.execute("SET maintenance_work_mem = '8GB'")
     t0 = time.time()
     conn.execute(f"CREATE INDEX {name}_idx ON {name} USING akidb_hnsw (v vector_cosine_ops)")
     build_s = time.time() - t0
@@ -63,7 +64,7 @@ def explain(conn, sql, params, analyze):
             "ms": plan.get("Execution Time")}
 
 
-def measure(conn, table, queries, n_queries):
+def measure(conn, table, queries, n_queries, ef):
     sql = f"SELECT id FROM {table} ORDER BY v <=> %s::vector LIMIT 10"
     texts = ["[" + ",".join(f"{x:.4f}" for x in q) + "]" for q in queries[:n_queries]]
     out = {}
@@ -71,7 +72,7 @@ def measure(conn, table, queries, n_queries):
         conn.execute("RESET ALL")
         for s in settings:
             conn.execute(f"SET {s}")
-        conn.execute(f"SET akidb.hnsw_ef_search = {EF}")
+        conn.execute(f"SET akidb.hnsw_ef_search = {ef}")
         if mode == "default":
             out[mode] = explain(conn, sql, (texts[0],), False)
             continue
@@ -84,44 +85,48 @@ def measure(conn, table, queries, n_queries):
     return out
 
 
-EF = 40
-
 
 def main():
-    global EF
     ap = argparse.ArgumentParser()
     ap.add_argument("--dims", default="50,384,784,2560")
     ap.add_argument("--rows", default="1000,10000,100000")
+    ap.add_argument("--extra", default="", help="more shapes, DIMSxROWS,... (e.g. 50x1000000)")
     ap.add_argument("--ef", default="40,200")
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--out", required=True)
     ap.add_argument("--label", default="")
     a = ap.parse_args()
     conn = psycopg.connect(autocommit=True)
-    conn.execute("SET maintenance_work_mem = '4GB'")
     rng = np.random.default_rng(42)
     results = []
-    for dims in map(int, a.dims.split(",")):
-        for rows in map(int, a.rows.split(",")):
-            name = f"cal_{dims}_{rows}"
-            t0 = time.time()
-            queries, build_s = make_table(conn, name, dims, rows, rng)
-            size = conn.execute(f"SELECT pg_relation_size('{name}_idx'), pg_table_size('{name}')").fetchone()
-            for ef in map(int, a.ef.split(",")):
-                EF = ef
-                m = measure(conn, name, queries, a.queries)
-                faster = "index" if m["index"]["ms"] < m["seq"]["ms"] else "seq"
-                r = {"dims": dims, "rows": rows, "ef_search": ef, "build_s": round(build_s, 2),
-                     "index_bytes": size[0], "table_bytes": size[1],
-                     "picked": m["default"]["kind"], "picked_node": m["default"]["node"],
-                     "default_cost": m["default"]["cost"],
-                     "seq_node": m["seq"]["node"], "seq_cost": m["seq"]["cost"], "seq_ms": m["seq"]["ms"],
-                     "index_cost": m["index"]["cost"], "index_ms": m["index"]["ms"],
-                     "faster": faster, "right": m["default"]["kind"] == faster}
-                results.append(r)
-                print(json.dumps(r), flush=True)
-            conn.execute(f"DROP TABLE {name}")
-            print(f"# {name} done in {time.time() - t0:.0f} s", flush=True)
+    shapes = [(d, n) for d in map(int, a.dims.split(",")) for n in map(int, a.rows.split(","))]
+    shapes += [tuple(map(int, x.split("x"))) for x in a.extra.split(",") if x]
+    for dims, rows in shapes:
+        name = f"cal_{dims}_{rows}"
+        t0 = time.time()
+        queries, build_s = make_table(conn, name, dims, rows, rng)
+        size = conn.execute(f"SELECT pg_relation_size('{name}_idx'), pg_table_size('{name}')").fetchone()
+        for ef in map(int, a.ef.split(",")):
+            m = measure(conn, name, queries, a.queries, ef)
+            faster = "index" if m["index"]["ms"] < m["seq"]["ms"] else "seq"
+            r = {"dims": dims, "rows": rows, "ef_search": ef, "build_s": round(build_s, 2),
+                 "index_bytes": size[0], "table_bytes": size[1],
+                 "picked": m["default"]["kind"], "picked_node": m["default"]["node"],
+                 "default_cost": m["default"]["cost"],
+                 "seq_node": m["seq"]["node"], "seq_cost": m["seq"]["cost"], "seq_ms": m["seq"]["ms"],
+                 "index_cost": m["index"]["cost"], "index_ms": m["index"]["ms"],
+                 "faster": faster, "right": m["default"]["kind"] == faster}
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        conn.execute(f"DROP TABLE {name}")
+        print(f"# {name} done in {time.time() - t0:.0f} s", flush=True)
+        write(conn, a, results)
+    write(conn, a, results)
+
+
+def write(conn, a, results):
+    """Writes the JSON and the PNG (after every shape, so a long run that is stopped
+    keeps what it measured)."""
     doc = {"bench": "planner", "machine": a.label or platform.node(), "cpu": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "server": conn.execute("SELECT version()").fetchone()[0],
            "query": "SELECT id FROM t ORDER BY v <=> $q LIMIT 10 (cosine, m 16, ef_construction 64)",

@@ -176,3 +176,18 @@ def test_a_generic_plan_never_runs_the_model_once_per_row(conn, model_dir):
     assert conn.execute("SELECT DISTINCT procost FROM pg_proc WHERE proname IN ('embed', 'embed_query')").fetchall() == [(10000,)]
     conn.execute("RESET plan_cache_mode")
     conn.execute("DROP TABLE bulk_e")
+
+
+def test_partitioned_table_is_filled_partition_by_partition(conn, model_dir):
+    # Partitions have rows at the same ctids: each row must get its own text's vector.
+    conn.execute("DROP TABLE IF EXISTS bulk_p")
+    conn.execute("CREATE TABLE bulk_p (id int, body text, emb vector(384)) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE bulk_p1 PARTITION OF bulk_p FOR VALUES FROM (0) TO (100)")
+    conn.execute("CREATE TABLE bulk_p2 PARTITION OF bulk_p FOR VALUES FROM (100) TO (200)")
+    conn.execute("INSERT INTO bulk_p SELECT g, 'partitioned text ' || g FROM generate_series(0, 199) g")
+    assert conn.execute("SELECT count(DISTINCT ctid) FROM bulk_p").fetchone()[0] == 100
+    conn.execute("CALL akidb_embed_column('bulk_p', 'body', 'emb', batch_size => 30)")
+    assert conn.execute("SELECT count(*) FROM bulk_p WHERE emb = embed(body)").fetchone()[0] == 200
+    assert conn.execute("SELECT rows_done, rows_total FROM akidb.embedding_progress "
+                        "WHERE relation = 'bulk_p'::regclass").fetchone() == (200, 200)
+    conn.execute("DROP TABLE bulk_p")

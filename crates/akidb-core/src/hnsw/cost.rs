@@ -83,7 +83,7 @@ pub fn index_scan(p: CostParams, tuples: f64, dims: usize, coded: bool, ef: f64,
     let n = tuples.max(1.0);
     let v = visited(n, ef, m);
     let code_bytes = if coded { dims } else { 4 * dims } as f64;
-    let per_visit = 2.0 * p.cpu_index_tuple_cost + p.cpu_operator_cost * (20.0 + code_bytes / 64.0);
+    let per_visit = 2.0 * p.cpu_index_tuple_cost + p.cpu_operator_cost * (28.0 + code_bytes / 48.0);
     let rerank = ef.min(n) * 0.25 * p.cpu_operator_cost * (1.0 + dims as f64 / 8.0);
     let setup = 10.0;
     let misses = 10.0 * (n / 1000.0).max(1.0).log2();
@@ -131,12 +131,14 @@ mod tests {
         let p = CostParams::default();
         // (rows, dims, ef, measured ms)
         let measured = [
-            (1e3, 50, 40.0, 0.137),
-            (1e4, 50, 200.0, 0.318),
-            (1e5, 50, 40.0, 0.413),
-            (1e4, 384, 40.0, 0.216),
-            (1e5, 384, 200.0, 0.97),
-            (1e4, 784, 200.0, 0.835),
+            (1e3, 50, 40.0, 0.100),
+            (1e3, 50, 200.0, 0.227),
+            (1e4, 50, 200.0, 0.461),
+            (1e5, 50, 40.0, 0.770),
+            (1e4, 384, 40.0, 0.220),
+            (1e5, 384, 200.0, 0.891),
+            (1e4, 784, 200.0, 0.962),
+            (1e4, 2560, 40.0, 0.728),
         ];
         for (n, d, ef, ms) in measured {
             let predicted_ms = index_scan(p, n, d, true, ef, 16.0) * 0.0025;
