@@ -57,10 +57,15 @@ def explain(conn, sql, params, analyze):
     plan = conn.execute(f"EXPLAIN ({opts}FORMAT JSON) {sql}", params).fetchone()[0][0]
     top = plan["Plan"]
     node = top
+    workers = 0
     while node.get("Plans") and node["Node Type"] in ("Limit", "Gather Merge", "Sort", "Gather"):
+        workers = max(workers, node.get("Workers Planned", 0))
         node = node["Plans"][0]
     kind = "index" if "Index" in node["Node Type"] else "seq"
-    return {"kind": kind, "node": node["Node Type"], "cost": top["Total Cost"],
+    name = ("Parallel " if node.get("Parallel Aware") else "") + node["Node Type"]
+    if workers:
+        name += f" ({workers} workers)"
+    return {"kind": kind, "node": name, "cost": top["Total Cost"],
             "ms": plan.get("Execution Time")}
 
 
@@ -95,10 +100,16 @@ def main():
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--out", required=True)
     ap.add_argument("--label", default="")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the shapes of an earlier run's JSON that this run does not measure again")
     a = ap.parse_args()
     conn = psycopg.connect(autocommit=True)
     rng = np.random.default_rng(42)
     results = []
+    if a.merge and os.path.exists(a.out + ".json"):
+        earlier = json.load(open(a.out + ".json"))["results"]
+    else:
+        earlier = []
     shapes = [(d, n) for d in map(int, a.dims.split(",")) for n in map(int, a.rows.split(","))]
     shapes += [tuple(map(int, x.split("x"))) for x in a.extra.split(",") if x]
     for dims, rows in shapes:
@@ -120,13 +131,16 @@ def main():
             print(json.dumps(r), flush=True)
         conn.execute(f"DROP TABLE {name}")
         print(f"# {name} done in {time.time() - t0:.0f} s", flush=True)
-        write(conn, a, results)
-    write(conn, a, results)
+        write(conn, a, results, earlier)
+    write(conn, a, results, earlier)
 
 
-def write(conn, a, results):
+def write(conn, a, results, earlier=()):
     """Writes the JSON and the PNG (after every shape, so a long run that is stopped
     keeps what it measured)."""
+    done = {(r["dims"], r["rows"], r["ef_search"]) for r in results}
+    results = [r for r in earlier if (r["dims"], r["rows"], r["ef_search"]) not in done] + results
+    results.sort(key=lambda r: (r["dims"], r["rows"], r["ef_search"]))
     doc = {"bench": "planner", "machine": a.label or platform.node(), "cpu": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "server": conn.execute("SELECT version()").fetchone()[0],
            "query": "SELECT id FROM t ORDER BY v <=> $q LIMIT 10 (cosine, m 16, ef_construction 64)",
