@@ -44,12 +44,12 @@ for i, line in enumerate(sys.stdin):
     d = json.loads(line)
     w.writerow([d["package"], d["query"], d["body"]])
 ' "$n" | psql -q -c "\copy docs (package, synopsis, body) FROM STDIN WITH (FORMAT csv)"
-psql -At -c "SELECT count(*) || ' documents, for example: ' || package || ': ' || left(body, 100) || '...' FROM docs GROUP BY package, body ORDER BY package LIMIT 1" |
-    tail -1 | sed 's/^/    /'
+psql -At -c "SELECT '    ' || (SELECT count(*) FROM docs) || ' documents, for example ' || package || ': '
+                || replace(left(body, 100), E'\n', ' ') || '...' FROM docs ORDER BY id LIMIT 1"
 
 log "embedding them inside PostgreSQL: CALL akidb_embed_column('docs', 'body', 'embedding')"
 log "(batches of 256 through embed(text[]), committed one by one; another session can watch akidb.embedding_progress)"
-psql -c "CALL akidb_embed_column('docs', 'body', 'embedding')" 2>&1 | sed -n 's/^NOTICE:  /    /p'
+psql -c "CALL akidb_embed_column('docs', 'body', 'embedding')" 2>&1 | sed -u -n 's/^NOTICE:  /    /p'
 psql -c "SELECT state, rows_done, rows_total, rows_per_second FROM akidb.embedding_progress"
 
 log "building the index: CREATE INDEX ON docs USING akidb_hnsw (embedding vector_cosine_ops)"
@@ -57,7 +57,8 @@ psql -q -c "CREATE INDEX docs_embedding_idx ON docs USING akidb_hnsw (embedding 
 build=$!
 while kill -0 "$build" 2>/dev/null; do
     line=$(psql -At -F' ' -c "SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index" 2>/dev/null || true)
-    [ -n "$line" ] && printf '    %s\n' "$(echo "$line" | awk '{t=$NF; d=$(NF-1); $NF=""; $(NF-1)=""; printf "%s %s of %s tuples", $0, d, t}')"
+    [ -n "$line" ] && echo "$line" | awk '{t=$NF; d=$(NF-1); $NF=""; $(NF-1)="";
+        printf "    %s(%s tuples%s)\n", $0, d, (t > 0 ? " of " t : "")}'
     sleep 0.5
 done
 wait "$build"
@@ -83,12 +84,16 @@ BEGIN
         round(extract(epoch FROM clock_timestamp() - t1)::numeric * 1000, 1);
 END $$;
 SQL
-log "the plan: an akidb_hnsw index scan, with the question embedded once"
-psql -c "EXPLAIN (COSTS OFF) SELECT package FROM docs ORDER BY embedding <=> embed_query('edit photos') LIMIT 5"
+log "the plan of a prepared question: an akidb_hnsw index scan, the question embedded once"
+psql -q -c "SET client_min_messages = warning" \
+    -c "PREPARE q(text) AS SELECT package FROM docs ORDER BY embedding <=> embed_query(\$1) LIMIT 5" \
+    -c "SET plan_cache_mode = force_generic_plan" -c "EXPLAIN (COSTS OFF) EXECUTE q('edit photos')"
 
 log "questions in plain English, answered from psql: SELECT * FROM ask('...')"
 {
+    echo "SET client_min_messages = warning;"
     echo "SELECT akidb_load_model('') AS execution_provider;"
+    echo "RESET client_min_messages;"
     for q in "play chess against the computer" \
              "edit photos on the desktop" \
              "read my email in a terminal" \
@@ -97,7 +102,7 @@ log "questions in plain English, answered from psql: SELECT * FROM ask('...')"
         echo "\\echo '>>> $q'"
         echo "SELECT * FROM ask('$q');"
     done
-} | psql 2>&1 | sed 's/^NOTICE:  /    /'
+} | psql 2>&1 | sed -u 's/^NOTICE:  /    /'
 
 log "demo done in $((SECONDS - demo_started)) s (setup $((demo_started - started)) s before it)"
 log "the server keeps running. Try a question of your own:"

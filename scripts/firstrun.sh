@@ -54,7 +54,7 @@ demo_ok() {
         grep -q "rows embedded in" "$demo_log"
 }
 check "make demo on a fresh machine (empty PGRX_HOME and AKIDB_OPT)" demo_ok
-check "cargo-pgrx registered PostgreSQL 15 in the fresh PGRX_HOME" grep -q "^pg15 = " "$PGRX_HOME/config.toml"
+check "cargo-pgrx registered PostgreSQL ${PG:-15} in the fresh PGRX_HOME" grep -q "^pg${PG:-15} = " "$PGRX_HOME/config.toml"
 
 install_ok() {
     local pgc; pgc="$(pg_config_for 16)"
