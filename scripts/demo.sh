@@ -49,7 +49,9 @@ psql -At -c "SELECT '    ' || (SELECT count(*) FROM docs) || ' documents, for ex
 
 log "embedding them inside PostgreSQL: CALL akidb_embed_column('docs', 'body', 'embedding')"
 log "(batches of 256 through embed(text[]), committed one by one; another session can watch akidb.embedding_progress)"
-psql -c "CALL akidb_embed_column('docs', 'body', 'embedding')" 2>&1 | sed -u -n 's/^NOTICE:  /    /p'
+# One server session doing the bulk work may use every core (the default, a quarter of
+# them, is for a server with many backends embedding at once).
+psql -c "SET akidb.onnx_threads = $(nproc)" -c "CALL akidb_embed_column('docs', 'body', 'embedding')" 2>&1 | sed -u -n 's/^NOTICE:  /    /p'
 psql -c "SELECT state, rows_done, rows_total, rows_per_second FROM akidb.embedding_progress"
 
 log "building the index: CREATE INDEX ON docs USING akidb_hnsw (embedding vector_cosine_ops)"
