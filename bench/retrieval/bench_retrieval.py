@@ -142,7 +142,7 @@ def main():
         for ef in [40] + [int(x) for x in a.ef_sweep.split(",") if x]:
             conn.execute(f"SET akidb.hnsw_ef_search = {ef}")
             got = [[p for (p,) in conn.execute(sql, (q,))] for q in queries]
-            ms = [conn.execute("""SELECT extract(epoch FROM clock_timestamp() - t0) * 1000 FROM
+            ms = [conn.execute("""SELECT (extract(epoch FROM clock_timestamp() - t0) * 1000)::float8 FROM
                     (SELECT clock_timestamp() AS t0) s,
                     LATERAL (SELECT count(*) FROM (SELECT id FROM docs ORDER BY emb <=> (SELECT v FROM qv WHERE i = %s)
                              LIMIT 10) x) c""", (i + 1,)).fetchone()[0] for i in range(len(queries))]
