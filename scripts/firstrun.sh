@@ -5,7 +5,7 @@
 # PostgreSQL builds, no ONNX Runtime, no Python environment, no downloads) and an empty
 # run directory, so every first-run branch of the scripts executes. The compiled crates
 # are shared with the checkout (CARGO_TARGET_DIR), since a build from nothing is no
-# different a second time. Checks:
+# different a second time. The three directories do not exist when it starts. Checks:
 #   1. make demo succeeds and its questions get answers through the index;
 #   2. make install PG_CONFIG=<PostgreSQL 16 from PyPI> installs everything embed()
 #      needs: a fresh server of that version runs CREATE EXTENSION and embed('x').
@@ -15,7 +15,7 @@ fresh="$(mktemp -d /tmp/akidb-firstrun.XXXXXX)"
 chmod 755 "$fresh"
 export PGRX_HOME="$fresh/pgrx" AKIDB_OPT="$fresh/opt" AKIDB_RUN="$fresh/run"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AKIDB_ROOT/target}"
-mkdir -p "$PGRX_HOME" "$AKIDB_OPT" "$AKIDB_RUN" && chmod 755 "$AKIDB_OPT" "$AKIDB_RUN"
+# None of the three exists yet: the scripts must create them, as on a new machine.
 passed=0 failed=0
 check() { # description command...
     local what="$1"; shift

@@ -116,6 +116,7 @@ pgrx_register() { # 15=/path/to/pg_config ...
         if [ -n "$pgc" ] && [ -x "$pgc" ]; then args+=("--pg$v" "$pgc"); fi
     done
     log "registering PostgreSQL${given% } with cargo-pgrx ($cfg)"
+    mkdir -p "$(dirname "$cfg")"
     cargo pgrx init "${args[@]}" >/dev/null
     for pair in "$@"; do
         grep -q "^pg${pair%%=*} = " "$cfg" || die "cargo pgrx init did not register PostgreSQL ${pair%%=*} in $cfg"
