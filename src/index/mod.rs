@@ -197,9 +197,7 @@ unsafe extern "C-unwind" fn amcostestimate(
         // The planner holds a lock on the index; open it only to read its m and dimensions.
         let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as i32);
         let m = params(index).m;
-        let desc = pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att);
-        let dims = desc.get(0).map_or(0, |a| a.atttypmod.max(0) as usize);
-        drop(desc);
+        let dims = dimensions(index);
         pg_sys::index_close(index, pg_sys::NoLock as i32);
         let coded = akidb_core::hnsw::format::code_len(dims, 0, m) > 0;
         let p = cost_params();

@@ -91,16 +91,13 @@ pub unsafe extern "C-unwind" fn akidb_distance_support(fcinfo: pg_sys::FunctionC
         } else {
             std::ptr::null_mut()
         };
-        let mut dims = None;
-        let mut chunks = 0;
-        if !args.is_null() {
-            let list = pgrx::PgList::<pg_sys::Node>::from_pg(args);
-            let described: Vec<Arg> = list.iter_ptr().map(|a| describe(a, (*req).root)).collect();
-            dims = described.iter().filter_map(|a| a.dims).max();
-            let d = dims.unwrap_or(UNKNOWN_DIMS);
-            chunks = described.iter().filter(|a| a.toastable).count() * cost::toast_chunks(d);
-        }
-        let d = dims.unwrap_or(UNKNOWN_DIMS);
+        let described: Vec<Arg> = if args.is_null() {
+            Vec::new()
+        } else {
+            pgrx::PgList::<pg_sys::Node>::from_pg(args).iter_ptr().map(|a| describe(a, (*req).root)).collect()
+        };
+        let d = described.iter().filter_map(|a| a.dims).max().unwrap_or(UNKNOWN_DIMS);
+        let chunks = described.iter().filter(|a| a.toastable).count() * cost::toast_chunks(d);
         (*req).startup = 0.0;
         (*req).per_tuple = cost::distance_call(crate::index::cost_params(), d, chunks);
         pg_sys::Datum::from(req)
