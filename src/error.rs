@@ -15,7 +15,7 @@ pub fn vector_sqlstate(e: &VectorError) -> PgSqlErrorCode {
         OutOfRange { .. } | RealOutOfRange { .. } | Overflow | Underflow => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
         TooManyDims => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         TypmodTooSmall | TypmodTooLarge | TypmodInvalid => ERRCODE_INVALID_PARAMETER_VALUE,
-        BadUnusedField(_) => ERRCODE_INVALID_BINARY_REPRESENTATION,
+        BadUnusedField(_) => ERRCODE_DATA_EXCEPTION,
         ArrayHasNulls => ERRCODE_NULL_VALUE_NOT_ALLOWED,
         NaN | Infinite | Empty | TypmodMismatch { .. } | DimMismatch { .. } | ArrayNotOneDim => {
             ERRCODE_DATA_EXCEPTION

@@ -23,6 +23,11 @@ pub mod types;
 /// shared_preload_libraries this runs in the postmaster, and threads do not survive fork).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx appends a Rust backtrace to an ERROR's DETAIL when the server runs with
+    // RUST_BACKTRACE set; no error a client can provoke may carry one. std reads
+    // RUST_LIB_BACKTRACE before RUST_BACKTRACE, once, at the first capture: none has
+    // happened yet, and no other thread runs during _PG_init.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     settings::init();
     index::init();
 }

@@ -17,9 +17,11 @@ pub static TENSORRT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static TENSORRT_CACHE_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static TENSORRT_WORKSPACE_MB: GucSetting<i32> = GucSetting::<i32>::new(2048);
 
-/// The API key is not a pgrx GucSetting: it gets a show hook that masks it, so neither
-/// SHOW nor pg_settings (nor anything that prints settings) ever reveals it.
-static mut HTTP_API_KEY: *mut std::ffi::c_char = std::ptr::null_mut();
+/// The API key of remote embedding servers is no setting: a setting's value is readable
+/// by every role in a session that has not loaded akidb yet (PostgreSQL keeps it as a
+/// placeholder until the library defines it). The key lives in a file only the server
+/// can read, named by this superuser-only setting.
+pub static HTTP_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
@@ -41,23 +43,60 @@ pub fn tensorrt_cache_path() -> Option<String> {
     text(&TENSORRT_CACHE_PATH)
 }
 
+/// The key in akidb.http_api_key_file (relative paths are relative to the data
+/// directory), its surrounding white space trimmed; None when the setting is empty.
+/// Errors name the file, never its contents.
 pub fn http_api_key() -> Option<String> {
-    // SAFETY: PostgreSQL owns the variable and only changes it on this (the main) thread.
-    let p = unsafe { HTTP_API_KEY };
-    if p.is_null() {
-        return None;
+    use pgrx::{ereport, PgSqlErrorCode};
+    use std::os::unix::fs::PermissionsExt;
+    let path = text(&HTTP_API_KEY_FILE)?;
+    #[allow(unreachable_code)]
+    let fail = |code, what: String| -> ! {
+        ereport!(ERROR, code, format!("akidb.http_api_key_file \"{path}\": {what}"));
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, "no such file".into()),
+        Err(e) => fail(PgSqlErrorCode::ERRCODE_IO_ERROR, e.to_string()),
+    };
+    // Like ssl_key_file: a key others on the machine can read is refused.
+    if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
+        fail(
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            "must be a regular file with no access for group or others (chmod 600)".into(),
+        );
     }
-    // SAFETY: a GUC string variable is a valid NUL-terminated string while set.
-    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-    (!s.is_empty()).then_some(s)
+    let key = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => fail(PgSqlErrorCode::ERRCODE_IO_ERROR, e.to_string()),
+    };
+    let key = String::from_utf8(key)
+        .unwrap_or_else(|_| fail(PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR, "the key is not UTF-8 text".into()));
+    let key = key.trim();
+    if key.is_empty() || key.contains(|c: char| c.is_control()) {
+        fail(PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR, "holds no key on one line".into());
+    }
+    Some(key.to_string())
 }
 
-unsafe extern "C-unwind" fn show_masked() -> *const std::ffi::c_char {
-    if http_api_key().is_some() {
-        c"********".as_ptr()
-    } else {
-        c"".as_ptr()
-    }
+/// Refuses a list of execution providers that is not a comma-separated list of distinct
+/// tensorrt, cuda and cpu: SET fails with 22023, the reason in the DETAIL.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_execution_providers(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes the proposed value, a valid string or NULL.
+    let value = unsafe { (*newval).as_ref().map(|p| CStr::from_ptr(p).to_string_lossy().into_owned()) };
+    let Err(why) = akidb_embed::onnx::ExecutionProvider::parse_list(value.as_deref().unwrap_or("")) else {
+        return true;
+    };
+    let detail = CString::new(format!("{why}: use a comma-separated list of tensorrt, cuda and cpu, each at most once."))
+        .unwrap_or_default();
+    // SAFETY: the check-hook protocol: a palloc'd detail string, read by the caller's ereport.
+    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+    false
 }
 
 /// Registers the settings; called from `_PG_init` (no threads, no files touched).
@@ -86,14 +125,20 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"akidb.execution_providers",
-        c"ONNX Runtime execution providers to try, in order (tensorrt, cuda, cpu).",
-        c"Applies to models loaded afterwards; akidb.models shows the one each model got.",
-        &EXECUTION_PROVIDERS,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: the check hook is guarded and only reads the proposed value.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"akidb.execution_providers",
+            c"ONNX Runtime execution providers to try, in order (tensorrt, cuda, cpu).",
+            c"Applies to models loaded afterwards; akidb.models shows the one each model got.",
+            &EXECUTION_PROVIDERS,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_execution_providers),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"akidb.onnx_threads",
         c"Threads per ONNX Runtime session (one inference); 0 picks a share of the CPUs.",
@@ -148,22 +193,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_MB,
     );
-    // SAFETY: defines a string GUC over a static this module owns; the strings are
-    // 'static; the show hook only reads the variable.
-    unsafe {
-        pg_sys::DefineCustomStringVariable(
-            c"akidb.http_api_key".as_ptr(),
-            c"API key sent to remote embedding servers (http provider).".as_ptr(),
-            c"Never shown: SHOW and pg_settings display ********.".as_ptr(),
-            &raw mut HTTP_API_KEY,
-            c"".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            (pg_sys::GUC_SUPERUSER_ONLY | pg_sys::GUC_NO_SHOW_ALL | pg_sys::GUC_NOT_IN_SAMPLE) as i32,
-            None,
-            None,
-            Some(show_masked),
-        );
-    }
+    GucRegistry::define_string_guc(
+        c"akidb.http_api_key_file",
+        c"File holding the API key sent to remote embedding servers (http provider).",
+        c"Relative to the data directory; readable by the server only (chmod 600). Read when an http model is loaded.",
+        &HTTP_API_KEY_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     init_hnsw();
     // SAFETY: after every akidb.* setting is defined.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"akidb".as_ptr()) };
@@ -180,7 +217,7 @@ pub enum IterativeScan {
     StrictOrder,
 }
 
-pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
+pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static HNSW_MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 pub static HNSW_ITERATIVE_SCAN: GucSetting<IterativeScan> = GucSetting::<IterativeScan>::new(IterativeScan::Off);
 

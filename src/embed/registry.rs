@@ -62,23 +62,8 @@ pub fn resolve_model(name: &str) -> String {
 
 /// Load options from the current settings.
 pub fn load_options() -> LoadOptions {
-    let mut providers = Vec::new();
-    for name in settings::execution_providers().split(',').filter(|s| !s.trim().is_empty()) {
-        match ExecutionProvider::parse(name) {
-            Some(p) => providers.push(p),
-            None => {
-                ereport!(
-                    ERROR,
-                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("akidb.execution_providers: unknown execution provider \"{}\"", name.trim()),
-                    "Use a comma-separated list of tensorrt, cuda and cpu."
-                );
-            }
-        }
-    }
-    if providers.is_empty() {
-        providers.push(ExecutionProvider::Cpu);
-    }
+    // The check hook of akidb.execution_providers refuses a bad list at SET.
+    let providers = ExecutionProvider::parse_list(&settings::execution_providers()).unwrap_or_else(|_| vec![ExecutionProvider::Cpu]);
     let threads = match settings::ONNX_THREADS.get() {
         0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 4).clamp(1, 4),
         n => n as usize,
@@ -100,7 +85,7 @@ pub fn load_options() -> LoadOptions {
             max_batch: 32,
             max_tokens: 512,
         },
-        http_api_key: settings::http_api_key(),
+        http_api_key: None,
     }
 }
 
@@ -138,7 +123,10 @@ pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedEr
 
 fn load(name: &str) -> Model {
     let spec = ModelSpec::read(&model_path(), name).or_raise();
-    let opts = load_options();
+    let mut opts = load_options();
+    if spec.manifest.provider == akidb_embed::manifest::ProviderKind::Http {
+        opts.http_api_key = settings::http_api_key();
+    }
     if let Some(dir) = &opts.session.tensorrt.cache_dir {
         if opts.session.providers.contains(&ExecutionProvider::TensorRt) {
             let _ = std::fs::create_dir_all(dir);

@@ -347,7 +347,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     if super::page::nblocks(index) != 0 {
         error!("akidb_hnsw: index \"{}\" already contains data", unsafe { pgrx::name_data_to_str(&(*(*index).rd_rel).relname) });
     }
-    let (metric, dims, params) = (metric(index), dimensions(index), params(index));
+    let (metric, dims, params) = (metric(index), dimensions(index), build_params(index));
     // SAFETY: a plain GUC read (kilobytes).
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     // The metapage is block 0, written for real at the end of the in-memory build.
@@ -391,10 +391,24 @@ pub unsafe extern "C-unwind" fn ambuild(
     result.into_pg()
 }
 
+/// The index's parameters, checked as a build needs them: a candidate list shorter than
+/// the 2 * m neighbours a level-0 node keeps would leave nodes short of links.
+fn build_params(index: pg_sys::Relation) -> akidb_core::hnsw::Params {
+    let p = params(index);
+    if p.ef_construction < 2 * p.m {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "ef_construction must be greater than or equal to 2 * m"
+        );
+    }
+    p
+}
+
 /// The init fork of an unlogged index: an empty metapage, WAL-logged (init forks always are).
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
-    let (metric, dims, params) = (metric(index), dimensions(index), params(index));
+    let (metric, dims, params) = (metric(index), dimensions(index), build_params(index));
     let b = empty_metapage(index, pg_sys::ForkNumber::INIT_FORKNUM, metric, dims, params);
     // SAFETY: exclusively locked; log_newpage_buffer writes its full image.
     unsafe {

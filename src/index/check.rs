@@ -1,7 +1,10 @@
 //! `akidb_hnsw_check(index)`: walks every page of an akidb_hnsw index and reports each
-//! structural problem it finds (no rows: the index is sound), like amcheck.
+//! structural problem it finds (no rows: the index is sound), like amcheck; and
+//! `akidb_hnsw_info(index)`. Both read every page of an index whatever the caller may read,
+//! so, like amcheck's functions, they are revoked from PUBLIC (a superuser may grant them).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::CStr;
 
 use akidb_core::hnsw::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH, PAGE_META};
 use pgrx::pg_sys;
@@ -25,6 +28,15 @@ fn akidb_hnsw_check(index: pg_sys::Oid) -> TableIterator<'static, (name!(problem
     let (problems, _) = check(index);
     TableIterator::new(problems.into_iter().map(|p| (p,)))
 }
+
+pgrx::extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION akidb_hnsw_check(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION akidb_hnsw_info(oid) FROM PUBLIC;
+"#,
+    name = "akidb_hnsw_check_grants",
+    requires = [akidb_hnsw_check, akidb_hnsw_info]
+);
 
 /// What the index holds: elements, live and deleted ones, heap rows, pages, the top
 /// level, and live elements no search can reach (a crash between writing an element and
@@ -69,6 +81,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     // are WAL replay) only AccessShareLock may be taken.
     // SAFETY: plain calls; the index is closed by the guard below.
     let lock = if unsafe { pg_sys::RecoveryInProgress() } { pg_sys::AccessShareLock } else { pg_sys::ShareLock } as i32;
+    // index_open refuses a relation that is not an index (42809).
     let index = unsafe { pg_sys::index_open(oid, lock) };
     struct Close(pg_sys::Relation, i32);
     impl Drop for Close {
@@ -78,6 +91,12 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
         }
     }
     let _close = Close(index, lock);
+    // SAFETY: an open index's pg_class row; get_am_oid errors if the AM is missing.
+    if unsafe { (*(*index).rd_rel).relam != pg_sys::get_am_oid(c"akidb_hnsw".as_ptr(), false) } {
+        // SAFETY: as above.
+        let name = unsafe { CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }.to_string_lossy();
+        ereport!(ERROR, PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("\"{name}\" is not an akidb_hnsw index"));
+    }
     let n = nblocks(index);
     stats.pages = n as i64;
     if n == 0 {

@@ -183,12 +183,20 @@ unsafe extern "C-unwind" fn amcostestimate(
     // SAFETY: the planner passes valid pointers.
     unsafe {
         *correlation = 0.0;
-        // Only ORDER BY col <op> constant: anything else must not use this index.
-        if (*path).indexorderbys.is_null() {
-            *startup = 1.0e10;
-            *total = 1.0e10;
+        // Only ORDER BY col <op> constant, one of them: any other path (no order at all,
+        // as for count(*) or a partial index's WHERE, or a second ORDER BY key the graph
+        // cannot break ties by) must never be chosen, not even over a disabled seq scan.
+        if pgrx::PgList::<pg_sys::Node>::from_pg((*path).indexorderbys).len() != 1 {
+            *startup = f64::INFINITY;
+            *total = f64::INFINITY;
             *selectivity = 0.0;
             *pages = 0.0;
+            // PostgreSQL 18 compares disabled nodes before costs: count this path as more
+            // disabled than any seq scan that enable_seqscan = off disables.
+            #[cfg(feature = "pg18")]
+            {
+                (*path).path.disabled_nodes = 2;
+            }
             return;
         }
         let info = (*path).indexinfo;

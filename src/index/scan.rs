@@ -36,7 +36,12 @@ struct ScanState {
     first_round: bool,
     /// Elements this round returned (a round that returns none ends an iterative scan).
     round_returned: usize,
+    /// Candidates this round has taken, returned or not.
+    round_ranked: usize,
     ef: usize,
+    /// No later round will search with a longer list (the list did not fill, or it
+    /// reached akidb.hnsw_max_scan_tuples).
+    final_round: bool,
     last_distance: f32,
     exhausted: bool,
 }
@@ -98,11 +103,12 @@ fn count_search(scan: pg_sys::IndexScanDesc) {
 
 /// One round: the ef nearest by the graph walk (on codes where elements carry them),
 /// kept as candidates to re-rank.
-fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
+fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState, max: usize) {
     st.unranked.clear();
     st.ranked.clear();
     st.first_round = st.returned.is_empty();
     st.round_returned = 0;
+    st.round_ranked = 0;
     if !meta.entry.is_valid() {
         st.exhausted = true;
         return;
@@ -116,6 +122,7 @@ fn search(index: pg_sys::Relation, meta: &Meta, st: &mut ScanState) {
     if found.is_empty() {
         st.exhausted = true;
     }
+    st.final_round = found.len() < st.ef || st.ef >= max;
     for c in found {
         match g.lower_bound(c.node) {
             Some(bound) => st.unranked.push((bound, c.node)),
@@ -143,10 +150,21 @@ fn next_ranked(st: &mut ScanState) -> Option<(f32, NodeId)> {
 }
 
 /// Queues the heap rows of the next element to return; false when this round has none left.
+///
+/// strict_order may never return a row nearer than one it returned before, so a later
+/// round must not find rows that an earlier one missed but ranked past: a round that is
+/// not the last returns only the nearer half of its list (which a walk with a list twice
+/// as long finds again, nearly always, so the next round continues where it stopped).
+/// Without that, a row that the first walk missed and the second found would be dropped.
 fn queue_next(st: &mut ScanState) -> bool {
     let strict = settings::hnsw_iterative_scan() == IterativeScan::StrictOrder;
+    let trusted = if strict && !st.final_round { st.ef.div_ceil(2) } else { usize::MAX };
     let mut rows = Vec::new();
     while let Some((d, node)) = next_ranked(st) {
+        st.round_ranked += 1;
+        if st.round_ranked > trusted {
+            return false;
+        }
         let tid = Tid::from_node(node);
         if st.returned.contains(&tid) || (strict && !st.first_round && d < st.last_distance) {
             continue;
@@ -171,6 +189,18 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
     // SAFETY: opaque is our ScanState; orderByData[0] holds the query after amrescan.
     let (index, st) = unsafe { ((*scan).indexRelation, &mut *((*scan).opaque as *mut ScanState)) };
     if !st.started {
+        // The planner never picks a path without exactly one ORDER BY (amcostestimate);
+        // anything else reaching here is refused, never read.
+        // SAFETY: the scan descriptor PostgreSQL made in ambeginscan.
+        let (norderbys, want_itup) = unsafe { ((*scan).numberOfOrderBys, (*scan).xs_want_itup) };
+        if norderbys != 1 || unsafe { (*scan).orderByData.is_null() } || want_itup {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "an akidb_hnsw index can only be scanned by ORDER BY column <operator> value",
+                "It answers nearest-neighbour queries with one ORDER BY distance and returns no columns."
+            );
+        }
         st.started = true;
         let meta = read_meta(index);
         let key = unsafe { &*(*scan).orderByData };
@@ -183,12 +213,12 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                format!("different vector dimensions {} and {}", meta.dims, st.query.len())
+                format!("different vector dimensions {} and {}", st.query.len(), meta.dims)
             );
         }
         st.ef = settings::HNSW_EF_SEARCH.get() as usize;
         count_search(scan);
-        search(index, &meta, st);
+        search(index, &meta, st, settings::HNSW_MAX_SCAN_TUPLES.get() as usize);
     }
     loop {
         if let Some((d, heap)) = st.pending.pop_front() {
@@ -214,7 +244,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
         pgrx::check_for_interrupts!();
         st.ef = (st.ef * 2).min(max);
         count_search(scan);
-        search(index, &read_meta(index), st);
+        search(index, &read_meta(index), st, max);
     }
 }
 

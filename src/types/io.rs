@@ -40,12 +40,18 @@ fn palloc_cstr(s: &str) -> &'static CStr {
 
 #[pg_extern(immutable, parallel_safe)]
 fn vector_typmod_in(list: Array<'_, &CStr>) -> i32 {
-    let mods: Vec<_> = list.iter().collect();
-    let [Some(only)] = mods.as_slice() else {
+    // PostgreSQL's own parser of integer typmods raises what a built-in type would: 22P02
+    // for "a", 22003 out of the int4 range, 2202E for a 2-D array, 22004 for a NULL.
+    let mut n = 0;
+    // SAFETY: a cstring[] argument; the result has n elements, palloc'd.
+    let mods = unsafe {
+        let p = pg_sys::ArrayGetIntegerTypmods(list.into_array_type() as *mut pg_sys::ArrayType, &mut n);
+        std::slice::from_raw_parts(p, n.max(0) as usize)
+    };
+    let [only] = mods else {
         raise(VectorError::TypmodInvalid);
     };
-    let n: i64 = only.to_str().ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| raise(VectorError::TypmodInvalid));
-    vector::check_typmod(n).or_raise() as i32
+    vector::check_typmod(i64::from(*only)).or_raise() as i32
 }
 
 #[pg_extern(immutable, strict, parallel_safe, requires = ["vector_shell"])]

@@ -1,6 +1,7 @@
 """The http provider against a real server on 127.0.0.1 that the test starts: the
 OpenAI and TEI shapes, and each way a server fails. The API key reaches the server and
-nothing else: not pg_settings, not error messages, not the server log."""
+nothing else: not pg_settings, not error messages, not the server log. The key lives in a
+file only the server can read (akidb.http_api_key_file), never in a setting."""
 import json
 import os
 import threading
@@ -11,7 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from conftest import add_model, connect, parse_vector, server_log, set_model_path
+from conftest import RUN, add_model, connect, parse_vector, server_log, set_model_path
 
 KEY = "sk-akidb-test-7f3a9c0e5b1d"
 DIMS = 8
@@ -71,6 +72,29 @@ class Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+def write_key_file(name, content, mode=0o600):
+    p = os.path.join(RUN, name)
+    with open(p, "w") as f:
+        f.write(content)
+    os.chmod(p, mode)
+    if os.geteuid() == 0:
+        import pwd
+        pw = pwd.getpwnam("postgres")
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+    return p
+
+
+@pytest.fixture(scope="module")
+def key_file():
+    p = write_key_file("http-api-key", KEY + "\n")
+    yield p
+    os.unlink(p)
+
+
+def use_key(conn, path):
+    conn.execute("SET akidb.http_api_key_file = %s" % ("'" + path + "'"))
+
+
 @pytest.fixture(scope="module")
 def server():
     s = Server()
@@ -108,9 +132,9 @@ def error_of(conn, sql, params=()):
     return e.value.sqlstate, e.value.diag.message_primary, time.monotonic() - t0
 
 
-def test_openai_and_tei_shapes(conn, http_models):
+def test_openai_and_tei_shapes(conn, http_models, key_file):
     server = http_models
-    conn.execute("SET akidb.http_api_key = %s" % ("'" + KEY + "'"))
+    use_key(conn, key_file)
     texts = ["first", "second", "third", "fourth", "fifth"]
     rows = conn.execute("SELECT v::text FROM unnest(embed(%s::text[], 'remote-openai')) WITH ORDINALITY u(v, i) ORDER BY i",
                         (texts,)).fetchall()
@@ -132,9 +156,9 @@ def test_openai_and_tei_shapes(conn, http_models):
     ("status500", "08P01", "HTTP status 500"),
     ("short", "08P01", "embeddings for"),
 ])
-def test_each_server_failure_is_a_clear_error_within_the_timeout(conn, http_models, mode, sqlstate, needle):
+def test_each_server_failure_is_a_clear_error_within_the_timeout(conn, http_models, key_file, mode, sqlstate, needle):
     http_models.mode = mode
-    conn.execute("SET akidb.http_api_key = %s" % ("'" + KEY + "'"))
+    use_key(conn, key_file)
     code, msg, took = error_of(conn, "SELECT embed(ARRAY['a', 'b'], 'remote-tei')")
     assert code == sqlstate and needle in msg, (code, msg)
     assert KEY not in msg
@@ -149,25 +173,64 @@ def test_server_down(conn, http_models):
     assert took < 1.5
 
 
-def test_the_key_is_superuser_only_and_never_shown(conn, http_models, model_dir):
-    conn.execute("SET akidb.http_api_key = %s" % ("'" + KEY + "'"))
+def test_the_key_is_superuser_only_and_never_shown(conn, http_models, model_dir, key_file):
+    use_key(conn, key_file)
     conn.execute("SELECT embed('x', 'remote-openai')")
-    assert conn.execute("SHOW akidb.http_api_key").fetchone()[0] == "********"
-    rows = conn.execute("SELECT setting, reset_val, boot_val FROM pg_settings WHERE name = 'akidb.http_api_key'").fetchall()
-    assert all(KEY not in str(r) for r in rows)
-    assert KEY not in str(conn.execute("SELECT current_setting('akidb.http_api_key')").fetchone())
-    everything = conn.execute("SELECT string_agg(name || '=' || coalesce(setting, ''), ',') FROM pg_settings").fetchone()[0]
-    assert KEY not in everything
+    assert http_models.seen[-1]["auth"] == f"Bearer {KEY}"
+    everything = conn.execute("SELECT string_agg(name || '=' || coalesce(setting, '') || coalesce(reset_val, '') "
+                              "|| coalesce(boot_val, ''), ',') FROM pg_settings").fetchone()[0]
+    assert KEY not in everything and "akidb.http_api_key_file" in everything
+    # The key is in no setting at all: the old name is unknown.
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SHOW akidb.http_api_key")
     conn.execute("DROP ROLE IF EXISTS akidb_plain")
     conn.execute("CREATE ROLE akidb_plain LOGIN")
-    with connect(user="akidb_plain") as plain:
-        plain.execute("SELECT akidb_simd()")  # loads the library, which defines the settings
-        for setting, value in [("akidb.http_api_key", "'x'"), ("akidb.model_path", "'/tmp'"),
-                               ("akidb.onnxruntime_library", "'/tmp/x.so'"), ("akidb.tensorrt_cache_path", "'/tmp'")]:
+    conn.execute("GRANT pg_read_all_settings TO akidb_plain")
+    # Set for every session, the way an administrator would.
+    conn.execute("ALTER SYSTEM SET akidb.http_api_key_file = %s" % ("'" + key_file + "'"))
+    conn.execute("ALTER SYSTEM SET akidb.model_path = %s" % ("'" + model_dir + "'"))
+    conn.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    try:
+        # A fresh session of an ordinary role, before and after it loads the library.
+        with connect(user="akidb_plain") as plain:
+            def visible():
+                rows = plain.execute("SELECT name, setting FROM pg_settings WHERE name LIKE 'akidb.%'").fetchall()
+                shown = [plain.execute(f"SELECT current_setting('{n}', true)").fetchone()[0] for n, _ in rows]
+                return str(rows) + str(shown)
+            before = visible()
+            assert KEY not in before
+            assert plain.execute("SHOW akidb.http_api_key_file").fetchone()[0] == key_file
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                plain.execute(f"SET {setting} = {value}")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            plain.execute("SHOW akidb.http_api_key")
-    conn.execute("DROP ROLE akidb_plain")
+                plain.execute("SELECT pg_read_file(%s)", (key_file,))
+            # The role can use the key without seeing it.
+            http_models.seen.clear()
+            plain.execute("SELECT embed('x', 'remote-openai')")
+            assert http_models.seen[-1]["auth"] == f"Bearer {KEY}"
+            assert KEY not in visible()
+            for setting, value in [("akidb.http_api_key_file", "'/tmp/k'"), ("akidb.model_path", "'/tmp'"),
+                                   ("akidb.onnxruntime_library", "'/tmp/x.so'"), ("akidb.tensorrt_cache_path", "'/tmp'")]:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    plain.execute(f"SET {setting} = {value}")
+    finally:
+        conn.execute("ALTER SYSTEM RESET akidb.http_api_key_file")
+        conn.execute("ALTER SYSTEM RESET akidb.model_path")
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("DROP ROLE akidb_plain")
     time.sleep(0.3)
     assert KEY not in server_log()
+
+
+@pytest.mark.parametrize("case,sqlstate", [("missing", "58P01"), ("world_readable", "F0000"), ("empty", "F0000"),
+                                           ("two_lines", "F0000")])
+def test_a_bad_key_file_is_a_clear_error_that_shows_no_key(conn, http_models, case, sqlstate):
+    content = {"empty": "  \n", "two_lines": KEY + "\n" + KEY + "\n"}.get(case, KEY)
+    p = write_key_file(f"bad-key-{case}", content, 0o644 if case == "world_readable" else 0o600)
+    if case == "missing":
+        os.unlink(p)
+    use_key(conn, p)
+    code, msg, _ = error_of(conn, "SELECT embed('x', 'remote-openai')")
+    assert code == sqlstate and "akidb.http_api_key_file" in msg and KEY not in msg, (code, msg)
+    assert http_models.seen == []
+    if os.path.exists(p):
+        os.unlink(p)

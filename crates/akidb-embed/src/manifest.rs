@@ -137,7 +137,7 @@ pub struct HttpSection {
     #[serde(default = "default_http_batch")]
     pub batch_size: usize,
     /// Environment variable of the server process holding the API key, when the
-    /// superuser-only setting `akidb.http_api_key` is not used.
+    /// superuser-only setting `akidb.http_api_key_file` names no file.
     #[serde(default)]
     pub api_key_env: Option<String>,
 }

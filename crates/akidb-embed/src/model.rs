@@ -25,14 +25,16 @@ impl ModelSpec {
     pub fn read(model_path: &Path, name: &str) -> Result<ModelSpec> {
         let unknown = || EmbedError::UnknownModel { model: name.into(), model_path: model_path.display().to_string() };
         // A name is one directory, never a path out of model_path.
-        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
+        // Nor longer than a file name may be (NAME_MAX), which the file system would
+        // report as an I/O error rather than a missing model.
+        if name.is_empty() || name.len() > 255 || name.starts_with('.') || name.contains(['/', '\\', '\0']) {
             return Err(unknown());
         }
         let dir = model_path.join(name);
         let file = dir.join(MANIFEST_FILE);
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => return Err(unknown()),
             Err(e) => {
                 return Err(EmbedError::MissingFile { model: name.into(), file: file.display().to_string(), detail: e.to_string() })
             }

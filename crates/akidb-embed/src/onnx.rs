@@ -33,6 +33,23 @@ impl ExecutionProvider {
         }
     }
 
+    /// A list such as "tensorrt, cuda, cpu": each name known, none twice, at least one.
+    pub fn parse_list(list: &str) -> Result<Vec<ExecutionProvider>, String> {
+        let mut out = Vec::new();
+        for name in list.split(',') {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err("an empty entry in the list".into());
+            }
+            let p = ExecutionProvider::parse(name).ok_or_else(|| format!("unknown execution provider \"{}\"", name.escape_default()))?;
+            if out.contains(&p) {
+                return Err(format!("execution provider \"{}\" is named twice", p.name()));
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ExecutionProvider::TensorRt => "tensorrt",
@@ -318,4 +335,18 @@ fn build(env: &Environment, opts: &SessionOptions, provider: Option<ep::Executio
         }
         b.commit_from_file(file).map_err(|e| e.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecutionProvider::{self, *};
+
+    #[test]
+    fn provider_lists() {
+        assert_eq!(ExecutionProvider::parse_list("tensorrt,cuda,cpu"), Ok(vec![TensorRt, Cuda, Cpu]));
+        assert_eq!(ExecutionProvider::parse_list(" CUDA , cpu"), Ok(vec![Cuda, Cpu]));
+        for bad in ["", " ", "cpu,", "cpu,,cuda", "gpu", "tensorrt,tensorrt", "trt,tensorrt", "cpu;cuda"] {
+            assert!(ExecutionProvider::parse_list(bad).is_err(), "{bad:?}");
+        }
+    }
 }

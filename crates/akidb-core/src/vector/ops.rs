@@ -115,11 +115,13 @@ pub fn subvector_range(dims: usize, start: i32, count: i32) -> Result<std::ops::
 }
 
 /// Adds `v` into an aggregate state laid out as `[count, sum_0, sum_1, ...]`
-/// (the `avg(vector)` transition state). An empty state (`[0]`) takes `v`'s dimensions.
+/// (the `avg(vector)` transition state). A state without sums (`[n]`) takes `v`'s
+/// dimensions and keeps its count.
 pub fn accumulate(state: &mut Vec<f64>, v: &[f32]) -> Result<(), VectorError> {
     if state.len() <= 1 {
+        let count = state.first().copied().unwrap_or(0.0);
         state.clear();
-        state.push(0.0);
+        state.push(count);
         state.extend(std::iter::repeat_n(0.0, v.len()));
     }
     let dims = state.len() - 1;

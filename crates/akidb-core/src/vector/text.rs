@@ -2,7 +2,8 @@
 //! dumps, client adapters and eyes see the same thing from either extension.
 //!
 //! Reading follows C `strtof` on each element (leading whitespace, sign, decimal with
-//! exponent, `inf`/`infinity`/`nan`), correctly rounded to float4. Writing uses the
+//! exponent, hexadecimal with binary exponent, `inf`/`infinity`/`nan`), correctly
+//! rounded to float4. Writing uses the
 //! shortest digits that read back to the same float4, in PostgreSQL's `float4out`
 //! layout: fixed notation for decimal exponents -4..=5, else `d.ddde±XX`.
 
@@ -21,7 +22,7 @@ fn skip_spaces(s: &[u8], mut i: usize) -> usize {
 }
 
 /// Length of the longest prefix of `s` that `strtof` would consume as a number
-/// (0 when there is none). Hexadecimal floats are not accepted.
+/// (0 when there is none).
 fn float_literal_len(s: &[u8]) -> usize {
     let mut i = 0;
     if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
@@ -32,6 +33,9 @@ fn float_literal_len(s: &[u8]) -> usize {
         if s.len() >= i + w.len() && s[i..i + w.len()].eq_ignore_ascii_case(w) {
             return i + w.len();
         }
+    }
+    if let Some(len) = hex_literal_len(&s[i..]) {
+        return i + len;
     }
     let int_start = i;
     while i < s.len() && s[i].is_ascii_digit() {
@@ -66,6 +70,121 @@ fn float_literal_len(s: &[u8]) -> usize {
     i
 }
 
+/// Length of a hexadecimal float at the start of `s` (after the sign): `0x`, hex digits
+/// with an optional point, an optional `p` exponent; None when there is no hex digit
+/// after the `0x` (then `strtof` reads the `0` alone).
+fn hex_literal_len(s: &[u8]) -> Option<usize> {
+    if s.len() < 3 || s[0] != b'0' || !(s[1] == b'x' || s[1] == b'X') {
+        return None;
+    }
+    let mut i = 2;
+    let mut digits = 0;
+    while i < s.len() && s[i].is_ascii_hexdigit() {
+        i += 1;
+        digits += 1;
+    }
+    if i < s.len() && s[i] == b'.' {
+        let mut j = i + 1;
+        while j < s.len() && s[j].is_ascii_hexdigit() {
+            j += 1;
+            digits += 1;
+        }
+        if digits > 0 {
+            i = j;
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    if i < s.len() && (s[i] == b'p' || s[i] == b'P') {
+        let mut j = i + 1;
+        if j < s.len() && (s[j] == b'+' || s[j] == b'-') {
+            j += 1;
+        }
+        let exp_start = j;
+        while j < s.len() && s[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j > exp_start {
+            i = j;
+        }
+    }
+    Some(i)
+}
+
+/// The float4 nearest (ties to even) to a hexadecimal literal that `hex_literal_len`
+/// accepted, with its sign; infinite when it is beyond float4's range.
+fn parse_hex_float(literal: &str) -> f32 {
+    let b = literal.as_bytes();
+    let negative = b[0] == b'-';
+    let mut i = usize::from(b[0] == b'-' || b[0] == b'+') + 2;
+    // value = mantissa * 2^exp2, with `sticky` for nonzero digits beyond 60 bits.
+    let (mut mantissa, mut exp2, mut sticky, mut fraction) = (0u64, 0i64, false, false);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'.' {
+            fraction = true;
+        } else if let Some(d) = (c as char).to_digit(16) {
+            if mantissa < 1 << 60 {
+                mantissa = mantissa * 16 + u64::from(d);
+                exp2 -= 4 * i64::from(fraction);
+            } else {
+                sticky |= d != 0;
+                exp2 += 4 * i64::from(!fraction);
+            }
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if i < b.len() {
+        // the binary exponent, saturated far beyond float4's range
+        let e: i64 = literal[i + 1..].trim_start_matches('+').parse::<i64>().unwrap_or_else(|_| {
+            if literal[i + 1..].starts_with('-') {
+                -100_000
+            } else {
+                100_000
+            }
+        });
+        exp2 += e.clamp(-100_000, 100_000);
+    }
+    let magnitude = if mantissa == 0 {
+        0.0
+    } else {
+        let msb = 63 - i64::from(mantissa.leading_zeros());
+        let top = msb + exp2; // the value is in [2^top, 2^(top+1))
+        if top > 127 {
+            f32::INFINITY
+        } else if top < -151 {
+            0.0
+        } else {
+            // float4 keeps 24 significant bits, and no bit below 2^-149 (subnormals)
+            let drop = (msb + 1 - 24).max(-149 - exp2);
+            let kept = if drop >= 64 {
+                0
+            } else if drop > 0 {
+                let dropped = mantissa & ((1u64 << drop) - 1);
+                let half = 1u64 << (drop - 1);
+                let mut kept = mantissa >> drop;
+                if dropped > half || (dropped == half && (sticky || kept & 1 == 1)) {
+                    kept += 1;
+                }
+                exp2 += drop;
+                kept
+            } else {
+                mantissa
+            };
+            // exact in f64, and representable in f32 unless it overflowed to 2^128
+            (kept as f64 * 2f64.powi(exp2 as i32)) as f32
+        }
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
 /// Parses the text form of a vector. Enforces the element and dimension rules but not a
 /// typmod (see [`super::check_fits_typmod`]).
 pub fn parse_vector(input: &str) -> Result<Vec<f32>, VectorError> {
@@ -88,7 +207,12 @@ pub fn parse_vector(input: &str) -> Result<Vec<f32>, VectorError> {
             }
             // The literal is ASCII by construction, so this slice is valid UTF-8.
             let literal = &input[i..i + len];
-            let value: f32 = literal.parse().map_err(|_| syntax(None))?;
+            let digits = literal.trim_start_matches(['+', '-']);
+            let value: f32 = if digits.len() > 1 && digits.as_bytes()[1].eq_ignore_ascii_case(&b'x') {
+                parse_hex_float(literal)
+            } else {
+                literal.parse().map_err(|_| syntax(None))?
+            };
             if value.is_infinite() && !is_infinity_word(literal) {
                 return Err(VectorError::OutOfRange { literal: literal.to_owned() });
             }
@@ -294,9 +418,45 @@ mod tests {
     }
 
     #[test]
+    fn reads_hexadecimal_floats_like_strtof() {
+        let one = |s: &str| parse_vector(&format!("[{s}]")).map(|v| v[0]);
+        assert_eq!(one("0x10"), Ok(16.0));
+        assert_eq!(one("0x1p3"), Ok(8.0));
+        assert_eq!(one("-0X1.8P-1"), Ok(-0.75));
+        assert_eq!(one("+0x.8"), Ok(0.5));
+        assert_eq!(one("0x1p-149"), Ok(f32::from_bits(1)));
+        assert_eq!(one("0x1p-151"), Ok(0.0));
+        assert_eq!(one("0x1.8p-151"), Ok(0.0));
+        assert_eq!(one("0x1p-150"), Ok(0.0));
+        assert_eq!(one("0x1.8p-150"), Ok(f32::from_bits(1)));
+        assert_eq!(one("0x1.8p-149"), Ok(f32::from_bits(2)));
+        assert_eq!(one("0x1.fffffep127"), Ok(f32::MAX));
+        assert_eq!(one("0x1p1"), Ok(2.0));
+        assert!(matches!(one("0x1p128"), Err(VectorError::OutOfRange { .. })));
+        assert!(matches!(one("0x1p99999999999999999999"), Err(VectorError::OutOfRange { .. })));
+        // rounding: 1 + 2^-24 is a tie (to even: 1), a hair above rounds up
+        assert_eq!(one("0x1.000001"), Ok(1.0));
+        assert_eq!(one("0x1.0000010000000000000000001"), Ok(1.0 + f32::EPSILON));
+        assert_eq!(one("0x1.000003"), Ok(1.0 + 2.0 * f32::EPSILON));
+        // each float4, written in hex, reads back to itself
+        let mut x = 0x1234_5678u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let f = f32::from_bits(x & 0x7fff_ffff);
+            if !f.is_finite() {
+                continue;
+            }
+            let (m, e) = if f.to_bits() >> 23 == 0 { (f.to_bits() & 0x7f_ffff, -149) } else { ((f.to_bits() & 0x7f_ffff) | 0x80_0000, (f.to_bits() >> 23) as i32 - 150) };
+            assert_eq!(one(&format!("0x{m:x}p{e}")), Ok(f), "{m:x}p{e}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_text() {
         let syntax = |s: &str| matches!(parse_vector(s), Err(VectorError::InvalidSyntax { .. }));
-        for bad in ["", "1,2", "[1,2,]", "[1 2]", "[,1]", "[1", "[1]x", "[a]", "[1,,2]", "[0x10]", "[[1]]", "[1e]x"] {
+        for bad in ["", "1,2", "[1,2,]", "[1 2]", "[,1]", "[1", "[1]x", "[a]", "[1,,2]", "[0x]", "[0x.p1]", "[0xg]", "[[1]]", "[1e]x"] {
             assert!(syntax(bad), "{bad:?} should be a syntax error, got {:?}", parse_vector(bad));
         }
         assert_eq!(parse_vector("[1]x").unwrap_err().detail(), Some("Junk after closing right brace."));
