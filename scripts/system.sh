@@ -5,6 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 v="${1:-15}"
 install_extension "$v"
+# No error a client provokes may carry a Rust backtrace, even with backtraces on.
+export RUST_BACKTRACE=1
 start_cluster "$v" "system-$v" $((55300 + v)) "log_min_messages=warning"
 trap stop_cluster EXIT
 "$PGBIN/psql" -X -q -d postgres -c "CREATE EXTENSION akidb"

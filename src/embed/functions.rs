@@ -36,6 +36,9 @@ fn embed_many(inputs: Array<&str>, model: &str, dims: i32, purpose: Purpose) -> 
     let texts: Vec<Option<&str>> = inputs.iter().collect();
     let present: Vec<&str> = texts.iter().flatten().copied().collect();
     let mut vectors = if present.is_empty() {
+        // Nothing to embed, but a wrong model or dims is still an error, as it would be
+        // for the same call with texts.
+        registry::with_model(&name, |m| m.output_dims(dims));
         Vec::new()
     } else {
         registry::embed_texts(&name, &present, purpose, dims)

@@ -48,7 +48,8 @@ fn vector_combine(a: Array<'_, f64>, b: Array<'_, f64>) -> Vec<f64> {
     vector::check_dims(a.len() - 1).or_raise();
     vector::check_fits_typmod(b.len() - 1, (a.len() - 1) as i32).or_raise();
     let mut sum = a;
-    for (s, x) in sum.iter_mut().zip(&b) {
+    sum[0] += b[0];
+    for (s, x) in sum[1..].iter_mut().zip(&b[1..]) {
         *s += x;
         if s.is_infinite() {
             raise(VectorError::Overflow);

@@ -26,12 +26,13 @@ where
     }
     vector::check_dims(items.len()).or_raise();
     vector::check_fits_typmod(items.len(), typmod).or_raise();
+    // Every element is converted before any is checked (a conversion error comes first,
+    // as in pgvector).
     VectorOut::build(items.len(), |out| {
         for (o, item) in out.iter_mut().zip(items) {
             *o = convert(item.expect("NULLs were rejected above"));
-            vector::check_element(*o)?;
         }
-        Ok(())
+        out.iter().try_for_each(|&x| vector::check_element(x))
     })
 }
 

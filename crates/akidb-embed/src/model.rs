@@ -145,6 +145,12 @@ impl Model {
 
     /// Embeds `texts` (prefixed for `purpose`), `dims` values each. The vector of a text
     /// never depends on the other texts of the call.
+    /// How many dimensions `embed` returns for a `dims` request (an error if the model
+    /// does not offer it).
+    pub fn output_dims(&self, dims: Option<usize>) -> Result<usize> {
+        self.spec.manifest.output_dims(&self.spec.name, dims)
+    }
+
     pub fn embed(&mut self, texts: &[&str], purpose: Purpose, dims: Option<usize>, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
         let m = &self.spec.manifest;
         let out_dims = m.output_dims(&self.spec.name, dims)?;

@@ -119,10 +119,12 @@ pub fn subvector_range(dims: usize, start: i32, count: i32) -> Result<std::ops::
 /// dimensions and keeps its count.
 pub fn accumulate(state: &mut Vec<f64>, v: &[f32]) -> Result<(), VectorError> {
     if state.len() <= 1 {
+        // The first vector's values become the sums as they are (-0 stays -0).
         let count = state.first().copied().unwrap_or(0.0);
         state.clear();
-        state.push(count);
-        state.extend(std::iter::repeat_n(0.0, v.len()));
+        state.push(count + 1.0);
+        state.extend(v.iter().map(|&x| f64::from(x)));
+        return Ok(());
     }
     let dims = state.len() - 1;
     if dims != v.len() {

@@ -196,47 +196,44 @@ pub fn parse_vector(input: &str) -> Result<Vec<f32>, VectorError> {
     }
     i = skip_spaces(s, i + 1);
     let mut values = Vec::new();
+    // An empty list is an error whatever follows it, as in pgvector.
     if i < s.len() && s[i] == b']' {
-        i += 1;
-    } else {
-        loop {
-            i = skip_spaces(s, i);
-            let len = float_literal_len(&s[i..]);
-            if len == 0 {
-                return Err(syntax(None));
+        return Err(VectorError::Empty);
+    }
+    loop {
+        if values.len() == MAX_DIM {
+            return Err(VectorError::TooManyDims);
+        }
+        i = skip_spaces(s, i);
+        let len = float_literal_len(&s[i..]);
+        if len == 0 {
+            return Err(syntax(None));
+        }
+        // The literal is ASCII by construction, so this slice is valid UTF-8.
+        let literal = &input[i..i + len];
+        let digits = literal.trim_start_matches(['+', '-']);
+        let value: f32 = if digits.len() > 1 && digits.as_bytes()[1].eq_ignore_ascii_case(&b'x') {
+            parse_hex_float(literal)
+        } else {
+            literal.parse().map_err(|_| syntax(None))?
+        };
+        if value.is_infinite() && !is_infinity_word(literal) {
+            return Err(VectorError::OutOfRange { literal: literal.to_owned() });
+        }
+        check_element(value)?;
+        values.push(value);
+        i = skip_spaces(s, i + len);
+        match s.get(i) {
+            Some(b',') => i += 1,
+            Some(b']') => {
+                i += 1;
+                break;
             }
-            // The literal is ASCII by construction, so this slice is valid UTF-8.
-            let literal = &input[i..i + len];
-            let digits = literal.trim_start_matches(['+', '-']);
-            let value: f32 = if digits.len() > 1 && digits.as_bytes()[1].eq_ignore_ascii_case(&b'x') {
-                parse_hex_float(literal)
-            } else {
-                literal.parse().map_err(|_| syntax(None))?
-            };
-            if value.is_infinite() && !is_infinity_word(literal) {
-                return Err(VectorError::OutOfRange { literal: literal.to_owned() });
-            }
-            check_element(value)?;
-            if values.len() == MAX_DIM {
-                return Err(VectorError::TooManyDims);
-            }
-            values.push(value);
-            i = skip_spaces(s, i + len);
-            match s.get(i) {
-                Some(b',') => i += 1,
-                Some(b']') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err(syntax(None)),
-            }
+            _ => return Err(syntax(None)),
         }
     }
     if skip_spaces(s, i) != s.len() {
         return Err(syntax(Some("Junk after closing right brace.")));
-    }
-    if values.is_empty() {
-        return Err(VectorError::Empty);
     }
     Ok(values)
 }
@@ -463,6 +460,9 @@ mod tests {
         assert_eq!(parse_vector("1").unwrap_err().detail(), Some("Vector contents must start with \"[\"."));
         assert_eq!(parse_vector("[]"), Err(VectorError::Empty));
         assert_eq!(parse_vector(" [ ] "), Err(VectorError::Empty));
+        assert_eq!(parse_vector("[]x"), Err(VectorError::Empty));
+        let too_many_then_nan = format!("[{},NaN]", vec!["1"; MAX_DIM].join(","));
+        assert_eq!(parse_vector(&too_many_then_nan), Err(VectorError::TooManyDims));
         assert_eq!(parse_vector("[NaN]"), Err(VectorError::NaN));
         assert_eq!(parse_vector("[-inf]"), Err(VectorError::Infinite));
         assert_eq!(parse_vector("[Infinity]"), Err(VectorError::Infinite));
