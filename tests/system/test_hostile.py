@@ -145,6 +145,9 @@ def test_inspection_functions_are_not_for_public(c):
     c.execute("CREATE ROLE akidb_nosy LOGIN")
     try:
         with connect(user="akidb_nosy") as nosy:
+            # What models exist is public (akidb.models and akidb_models() alike).
+            assert nosy.execute("SELECT count(*) FROM akidb.models").fetchone()[0] == \
+                nosy.execute("SELECT count(*) FROM akidb_models()").fetchone()[0] > 0
             for f in ("akidb_hnsw_check", "akidb_hnsw_info"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     nosy.execute(f"SELECT * FROM {f}('secret_idx'::regclass)")
