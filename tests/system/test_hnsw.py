@@ -150,7 +150,7 @@ def test_cost_estimate_follows_m_and_statio_counts_every_block_read():
         q = vec_text(rng.standard_normal(64))
         cost = {}
         for m in (4, 48):
-            c.execute(f"CREATE INDEX costs_idx ON costs USING akidb_hnsw (v vector_l2_ops) WITH (m = {m})")
+            c.execute(f"CREATE INDEX costs_idx ON costs USING akidb_hnsw (v vector_l2_ops) WITH (m = {m}, ef_construction = {max(64, 2 * m)})")
             plan = c.execute(f"EXPLAIN (FORMAT JSON) SELECT id FROM costs ORDER BY v <-> %s LIMIT 10", (q,)).fetchone()[0]
             assert plan[0]["Plan"]["Plans"][0]["Index Name"] == "costs_idx"
             # The index's own estimate is the startup cost (all its work comes before the

@@ -24,7 +24,7 @@ def fake_vector(text):
 
 
 class Server:
-    """mode: ok | slow | garbage | wrong_dims | status500 | short"""
+    """mode: ok | slow | garbage | wrong_dims | status500 | short | nonfinite"""
 
     def __init__(self):
         self.mode = "ok"
@@ -49,6 +49,9 @@ class Server:
                 vecs = [fake_vector(t)[:DIMS] + [0.5] * (dims - DIMS) for t in texts]
                 if outer.mode == "short":
                     vecs = vecs[:-1]
+                if outer.mode == "nonfinite":
+                    vecs[-1][0] = 1e39  # beyond float4: an infinity once read
+
                 if self.path == "/v1/embeddings":
                     # Out of order on purpose: clients must use "index".
                     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)][::-1]
@@ -155,6 +158,7 @@ def test_openai_and_tei_shapes(conn, http_models, key_file):
     ("wrong_dims", "08P01", "has 9 dimensions"),
     ("status500", "08P01", "HTTP status 500"),
     ("short", "08P01", "embeddings for"),
+    ("nonfinite", "38000", "holds inf"),
 ])
 def test_each_server_failure_is_a_clear_error_within_the_timeout(conn, http_models, key_file, mode, sqlstate, needle):
     http_models.mode = mode

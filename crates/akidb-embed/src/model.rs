@@ -185,6 +185,18 @@ impl Model {
                 raw
             }
         };
+        // A NaN or an infinity (an fp16 overflow, a broken model or server) must never
+        // become a stored vector: it is an error naming the model and the text.
+        if let Some((i, bad)) = raw.iter().enumerate().find_map(|(i, v)| v.iter().find(|x| !x.is_finite()).map(|x| (i, *x))) {
+            return Err(EmbedError::Inference {
+                model: self.spec.name.clone(),
+                detail: format!(
+                    "the output for text {} of {} holds {bad} (an overflow in the model, or a broken model)",
+                    i + 1,
+                    texts.len()
+                ),
+            });
+        }
         Ok(raw.into_iter().map(|v| finish(v, out_dims, normalize)).collect())
     }
 }
