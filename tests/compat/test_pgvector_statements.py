@@ -36,11 +36,12 @@ def norm(v):
 
 
 def same(a, b):
-    """Equal, float8 results to a relative 1e-6 (the two sum in different orders)."""
+    """Equal; float8 results (distances, summed in float4 in different orders by the two)
+    to 1e-6 of their magnitude, or absolutely below 1 (a cosine distance is 1 - cos)."""
     if isinstance(a, float) and isinstance(b, float):
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
-        return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-30)
+        return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b
