@@ -305,3 +305,28 @@ def test_a_non_finite_output_is_an_error_never_a_vector(conn, model_dir):
     assert code == "38000" and "text 3 of 3" in msg, msg
     assert conn.execute("SELECT count(*) FROM nf").fetchone()[0] == 0
     assert len(vec(conn, "SELECT embed('of', 'non-finite')::text")) == 8  # the backend and the model go on
+
+
+def test_every_thread_but_the_backends_own_blocks_postgres_signals(conn):
+    """After a load, an embed(text[]) and a cancelled call, each thread of the backend other
+    than its main one (ONNX Runtime's pool, the watchdog, providers' threads) has every
+    signal PostgreSQL handles blocked, so the handlers only ever run on the main thread."""
+    conn.execute("SET akidb.onnx_threads = 2")
+    conn.execute("SELECT akidb_unload_model(%s)", (MINILM,))
+    conn.execute("SELECT embed(ARRAY['one', 'two', 'three'], %s)", (MINILM,))
+    conn.execute("SET statement_timeout = '50ms'")
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT embed(array_agg(repeat('word ', 200))) FROM generate_series(1, 400)")
+    conn.execute("RESET statement_timeout")
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    handled = [2, 3, 10, 12, 14, 15, 17, 23]  # INT QUIT USR1 USR2 ALRM TERM CHLD URG
+    seen = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = open(f"/proc/{pid}/task/{tid}/status").read()
+        name = status.split("Name:\t")[1].split("\n")[0]
+        blk = int(status.split("SigBlk:\t")[1].split("\n")[0], 16)
+        seen[(int(tid), name)] = all(blk >> (s - 1) & 1 for s in handled)
+    others = {k: v for k, v in seen.items() if k[0] != pid}
+    assert len(others) >= 2, seen  # at least the intra-op pool thread and the watchdog
+    assert all(others.values()), seen
+    assert not seen[next(k for k in seen if k[0] == pid)], "the main thread must take signals"

@@ -237,7 +237,9 @@ fn probe(spec: &ModelSpec, backend: &mut Backend, tokenizer_file: &Path) -> Resu
     let Backend::Onnx { session, encoder } = backend else { return Ok(()) };
     let m = &spec.manifest;
     let batch = Batch::pad(&[&[encoder.max_id, encoder.max_id]], m.padding_side, encoder.pad_id);
-    match run_and_pool(session, &m.pooling, m.dimensions, &batch, &NoInterrupt) {
+    // The first run: execution providers start some of their threads only now (the CUDA
+    // and TensorRT ones do), so it runs with every signal blocked, which they inherit.
+    match crate::threads::with_signals_blocked(|| run_and_pool(session, &m.pooling, m.dimensions, &batch, &NoInterrupt)) {
         Ok(_) => Ok(()),
         Err(EmbedError::InvalidModel { file, detail, .. }) => Err(EmbedError::InvalidModel { model: spec.name.clone(), file, detail }),
         Err(EmbedError::Inference { detail, .. }) => Err(EmbedError::InvalidModel {

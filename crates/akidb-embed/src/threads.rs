@@ -1,29 +1,25 @@
 //! Threads inside a PostgreSQL backend.
 //!
 //! PostgreSQL's signal handlers must only ever run on the backend's main thread, and long
-//! work must stop soon after a cancel request. So every thread we start is created with
-//! all signals blocked, and so is every thread ONNX Runtime or one of its execution
-//! providers starts on our behalf, also lazily, in the middle of a run (the CUDA and
-//! TensorRT providers do): inference runs on one long-lived worker thread per process
-//! ([`run_on_worker`]), whose mask every thread it starts inherits, while the backend's
-//! own thread waits with its signals as PostgreSQL set them, polls [`Interrupt::pending`]
-//! and stops the run on a cancel. One thread, always the same, because the GPU providers
-//! keep per-thread state (CUDA streams, cuBLAS and cuDNN handles) that a thread per run
-//! would create again each time. Work that cannot be stopped (a blocking HTTP call) runs
-//! on a helper thread that the caller abandons on a cancel ([`run_detached`]).
+//! work must stop soon after a cancel request. So every thread we (or ONNX Runtime, on
+//! our behalf) start is created with all signals blocked: the ONNX Runtime environment,
+//! each session and each model's first run (where execution providers start the threads
+//! they start lazily) happen inside [`with_signals_blocked`]. Inference runs on the calling
+//! thread while a watchdog thread polls [`Interrupt::pending`] and stops it
+//! ([`run_watched`]); work that cannot be stopped (a blocking HTTP call) runs on a helper
+//! thread that the caller abandons on a cancel ([`run_detached`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::error::{EmbedError, Result};
 
 /// How often a pending cancel is looked for.
-const POLL: Duration = Duration::from_millis(2);
+const POLL: Duration = Duration::from_millis(5);
 
-/// Should the work stop now? (Asked from the waiting thread; `Sync` so that a caller may
-/// share one between threads.)
+/// Should the work stop now? (Asked from the watchdog thread too, hence `Sync`.)
 pub trait Interrupt: Sync {
     fn pending(&self) -> bool;
 }
@@ -39,69 +35,98 @@ impl Interrupt for NoInterrupt {
 
 pub use akidb_core::threads::with_signals_blocked;
 
-/// A job for the worker: a closure whose borrows `run_on_worker` keeps alive until it has
-/// run (its lifetime is erased to cross the channel).
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-static WORKER: OnceLock<std::result::Result<Mutex<mpsc::Sender<Job>>, String>> = OnceLock::new();
-
-fn worker() -> Result<&'static Mutex<mpsc::Sender<Job>>> {
-    let w = WORKER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        with_signals_blocked(|| {
-            std::thread::Builder::new().name("akidb-infer".into()).spawn(move || {
-                // Each job catches its own panics (run_on_worker), so this loop never ends
-                // while the process lives.
-                for job in rx {
-                    job();
-                }
-            })
-        })
-        .map(|_| Mutex::new(tx))
-        .map_err(|e| format!("cannot start the inference thread: {e}"))
-    });
-    w.as_ref().map_err(|detail| EmbedError::Inference { model: String::new(), detail: detail.clone() })
+/// A run the watchdog looks after: lifetime-erased borrows from `run_watched`'s frame.
+struct Armed {
+    interrupt: *const (dyn Interrupt + 'static),
+    stop: *const (dyn Fn() + Sync + 'static),
+    fired: bool,
 }
 
-/// Runs `work` on the inference thread (all signals blocked, and so every thread started
-/// from it) while this thread polls `interrupt`; when it becomes pending this calls
-/// `stop`, which must make `work` return soon, and returns [`EmbedError::Cancelled`]
-/// once `work` has returned. A panic in `work` reaches the caller.
-pub fn run_on_worker<T: Send>(interrupt: &dyn Interrupt, work: impl FnOnce() -> T + Send, stop: &dyn Fn()) -> Result<T> {
-    let (tx, rx) = mpsc::sync_channel::<std::thread::Result<T>>(1);
-    let job = move || {
-        let _ = tx.send(catch_unwind(AssertUnwindSafe(work)));
-    };
-    let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
-    // SAFETY: the job borrows from this frame (work's captures, T's slot in the channel).
-    // This function does not return, nor unwind, before the job has run to its end and
-    // sent its outcome: the loop below waits for it whatever happens (stop only asks the
-    // work to end early), and nothing in the loop can panic.
-    let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
-    worker()?
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(|_| EmbedError::Inference { model: String::new(), detail: "the inference thread is gone".into() })?;
-    let mut stopped = false;
-    let outcome = loop {
-        match rx.recv_timeout(POLL) {
-            Ok(outcome) => break outcome,
-            Err(RecvTimeoutError::Timeout) => {
-                if !stopped && interrupt.pending() {
-                    stop();
-                    stopped = true;
-                }
+// SAFETY: the pointers are only dereferenced under WATCHDOG's lock while `run_watched`'s
+// frame (which owns the pointees, both Sync) is alive; see `run_watched`.
+unsafe impl Send for Armed {}
+
+/// Runs being looked after, by id (one per calling thread at a time; a backend has one).
+struct Watchdog {
+    armed: Mutex<Vec<(u64, Armed)>>,
+    next_id: std::sync::atomic::AtomicU64,
+    wake: Condvar,
+}
+
+static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+
+fn watchdog() -> &'static Watchdog {
+    WATCHDOG.get_or_init(|| {
+        with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("akidb-watchdog".into())
+                .spawn(|| {
+                    let w = WATCHDOG.wait();
+                    let mut armed = w.armed.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        let mut watching = false;
+                        for (_, a) in armed.iter_mut().filter(|(_, a)| !a.fired) {
+                            watching = true;
+                            // SAFETY: armed, so run_watched's frame is alive and holds the
+                            // pointees until it takes this lock to disarm.
+                            if unsafe { (*a.interrupt).pending() } {
+                                unsafe { (*a.stop)() };
+                                a.fired = true;
+                            }
+                        }
+                        armed = if watching {
+                            w.wake.wait_timeout(armed, POLL).unwrap_or_else(|e| e.into_inner()).0
+                        } else {
+                            w.wake.wait(armed).unwrap_or_else(|e| e.into_inner())
+                        };
+                    }
+                })
+                .expect("cannot start the akidb watchdog thread")
+        });
+        Watchdog { armed: Mutex::new(Vec::new()), next_id: 0.into(), wake: Condvar::new() }
+    })
+}
+
+/// Runs `work` on this thread while the watchdog polls `interrupt`; when it becomes
+/// pending the watchdog calls `stop` (which must make `work` return soon) and this
+/// returns [`EmbedError::Cancelled`] once `work` has returned.
+pub fn run_watched<T>(interrupt: &dyn Interrupt, work: impl FnOnce() -> T, stop: &(dyn Fn() + Sync)) -> Result<T> {
+    let w = watchdog();
+    struct Disarm<'a>(&'a Watchdog, u64);
+    impl Disarm<'_> {
+        /// Disarms; true when the watchdog had fired.
+        fn take(&self) -> bool {
+            let mut armed = self.0.armed.lock().unwrap_or_else(|e| e.into_inner());
+            match armed.iter().position(|(id, _)| *id == self.1) {
+                Some(i) => armed.swap_remove(i).1.fired,
+                None => false,
             }
-            // The job always sends before it is dropped.
-            Err(RecvTimeoutError::Disconnected) => unreachable!("the inference job ended without an outcome"),
         }
-    };
-    match outcome {
-        Err(panic) => std::panic::resume_unwind(panic),
-        Ok(_) if stopped => Err(EmbedError::Cancelled),
-        Ok(value) => Ok(value),
     }
+    impl Drop for Disarm<'_> {
+        fn drop(&mut self) {
+            self.take();
+        }
+    }
+    let id = w.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    {
+        let mut armed = w.armed.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased borrows live in this frame; the Disarm guard below removes
+        // them under the lock before this frame ends (also when `work` panics), and the
+        // watchdog only dereferences them under the same lock.
+        armed.push((id, Armed {
+            interrupt: unsafe { std::mem::transmute::<&dyn Interrupt, &'static dyn Interrupt>(interrupt) },
+            stop: unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(stop) },
+            fired: false,
+        }));
+        w.wake.notify_one();
+    }
+    let guard = Disarm(w, id);
+    let value = work();
+    if guard.take() {
+        return Err(EmbedError::Cancelled);
+    }
+    Ok(value)
 }
 
 /// Runs `work` on a helper thread, for work that cannot be stopped early (a blocking HTTP
@@ -151,39 +176,28 @@ mod tests {
         }
     }
 
-    fn all_blocked(m: &libc::sigset_t) -> bool {
-        // SAFETY: sigismember reads the set.
-        [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGALRM, libc::SIGQUIT].iter().all(|&s| unsafe { libc::sigismember(m, s) } == 1)
-    }
-
     #[test]
     fn helper_threads_block_every_signal_and_the_caller_keeps_its_mask() {
         let before = mask_of_this_thread();
-        assert!(run_detached(&NoInterrupt, || all_blocked(&mask_of_this_thread())).unwrap());
-        // The inference thread, and a thread it starts in the middle of a run (as a GPU
-        // provider does), have every signal blocked.
-        let (worker, spawned) = run_on_worker(&NoInterrupt, || {
-            let spawned = std::thread::spawn(|| all_blocked(&mask_of_this_thread())).join().unwrap();
-            (all_blocked(&mask_of_this_thread()), spawned)
-        }, &|| {})
+        // SAFETY: sigismember reads the local sets.
+        let blocked = run_detached(&NoInterrupt, || {
+            let m = mask_of_this_thread();
+            [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGALRM, libc::SIGQUIT]
+                .iter()
+                .all(|&s| unsafe { libc::sigismember(&m, s) } == 1)
+        })
         .unwrap();
-        assert!(worker && spawned);
+        assert!(blocked);
         let after = mask_of_this_thread();
-        // SAFETY: as above.
         assert_eq!(unsafe { libc::sigismember(&after, libc::SIGINT) }, unsafe { libc::sigismember(&before, libc::SIGINT) });
-        assert!(!all_blocked(&after));
-        // and it is one thread, always the same
-        let a = run_on_worker(&NoInterrupt, || std::thread::current().id(), &|| {}).unwrap();
-        let b = run_on_worker(&NoInterrupt, || std::thread::current().id(), &|| {}).unwrap();
-        assert_eq!(a, b);
-        assert_ne!(a, std::thread::current().id());
+        assert_eq!(run_watched(&NoInterrupt, || 7, &|| {}).unwrap(), 7);
     }
 
     #[test]
     fn cancel_stops_the_work_promptly() {
         let stop = AtomicBool::new(false);
         let t0 = Instant::now();
-        let r = run_on_worker(&After(t0, Duration::from_millis(50)), || {
+        let r = run_watched(&After(t0, Duration::from_millis(50)), || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -201,12 +215,9 @@ mod tests {
     fn a_panic_in_the_worker_reaches_the_caller() {
         let r = std::panic::catch_unwind(|| run_detached(&NoInterrupt, || panic!("boom")));
         assert!(r.is_err());
-        // A panic inside an inference job reaches the caller; the thread goes on.
-        let r = std::panic::catch_unwind(|| run_on_worker(&NoInterrupt, || panic!("boom"), &|| {}));
+        // A panic inside a watched run disarms the watchdog; the next run is fine.
+        let r = std::panic::catch_unwind(|| run_watched(&NoInterrupt, || panic!("boom"), &|| {}));
         assert!(r.is_err());
-        assert_eq!(run_on_worker(&NoInterrupt, || 1, &|| {}).unwrap(), 1);
-        // borrowed data is fine: the caller waits
-        let v = vec![1, 2, 3];
-        assert_eq!(run_on_worker(&NoInterrupt, || v.iter().sum::<i32>(), &|| {}).unwrap(), 6);
+        assert_eq!(run_watched(&NoInterrupt, || 1, &|| {}).unwrap(), 1);
     }
 }
