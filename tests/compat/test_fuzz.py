@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from test_pgvector_compat import both  # noqa: F401  (fixture)
-from test_pgvector_statements import for_ext, norm, same
+from test_pgvector_statements import for_ext, norm, run, same
 
 SEED = int(os.environ.get("AKIDB_FUZZ_SEED", "20261201"))
 CASES = int(os.environ.get("AKIDB_FUZZ_CASES", "1500"))
@@ -167,16 +167,9 @@ def test_random_index_options_and_scans(watched):
             opts.append(rng.choice(["lists = 5", "m = 'x'", "ef_construction = 1.5", "m = NULL"]))
         with_ = f" WITH ({', '.join(opts)})" if opts else ""
         create = f"CREATE INDEX fz_idx ON fz USING hnsw (v {opclass}){with_}"
-        got = {}
-        for ext in ("pgv", "aki"):
-            c = watched[ext]
-            try:
-                c.execute(for_ext(create, ext))
-                got[ext] = ("ok",)
-            except psycopg.Error as e:
-                got[ext] = ("error", e.sqlstate, norm(e.diag.message_primary))
+        got = {ext: run(watched[ext], for_ext(create, ext)) for ext in ("pgv", "aki")}
         assert got["pgv"] == got["aki"], (create, got)
-        if got["aki"] == ("ok",):
+        if got["aki"][0] == "ok":
             c = watched["aki"]
             c.execute("SET enable_seqscan = off")
             c.execute(f"SET akidb.hnsw_ef_search = {rng.choice([1, 2, 10, 40, 1000])}")

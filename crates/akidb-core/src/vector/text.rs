@@ -54,7 +54,13 @@ fn float_literal_len(s: &[u8]) -> usize {
     if digits == 0 {
         return 0;
     }
-    if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
+    exponent_end(s, i, b'e')
+}
+
+/// Where a number ending at `i` ends once an exponent (`marker`, either case, an optional
+/// sign, at least one digit) is taken: `i` itself when there is none.
+fn exponent_end(s: &[u8], i: usize, marker: u8) -> usize {
+    if i < s.len() && s[i].eq_ignore_ascii_case(&marker) {
         let mut j = i + 1;
         if j < s.len() && (s[j] == b'+' || s[j] == b'-') {
             j += 1;
@@ -64,7 +70,7 @@ fn float_literal_len(s: &[u8]) -> usize {
             j += 1;
         }
         if j > exp_start {
-            i = j;
+            return j;
         }
     }
     i
@@ -96,20 +102,7 @@ fn hex_literal_len(s: &[u8]) -> Option<usize> {
     if digits == 0 {
         return None;
     }
-    if i < s.len() && (s[i] == b'p' || s[i] == b'P') {
-        let mut j = i + 1;
-        if j < s.len() && (s[j] == b'+' || s[j] == b'-') {
-            j += 1;
-        }
-        let exp_start = j;
-        while j < s.len() && s[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j > exp_start {
-            i = j;
-        }
-    }
-    Some(i)
+    Some(exponent_end(s, i, b'p'))
 }
 
 /// The float4 nearest (ties to even) to a hexadecimal literal that `hex_literal_len`
