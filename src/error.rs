@@ -59,6 +59,7 @@ pub fn embed_sqlstate(e: &EmbedError) -> PgSqlErrorCode {
         Runtime { .. } => ERRCODE_UNDEFINED_FILE,
         InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         Inference { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+        OutOfMemory { .. } => ERRCODE_OUT_OF_MEMORY,
         HttpUnreachable { .. } => ERRCODE_CONNECTION_EXCEPTION,
         HttpTimeout { .. } => ERRCODE_CONNECTION_FAILURE,
         HttpBadResponse { .. } => ERRCODE_PROTOCOL_VIOLATION,
@@ -70,6 +71,12 @@ pub fn embed_sqlstate(e: &EmbedError) -> PgSqlErrorCode {
 pub fn raise_embed(e: EmbedError) -> ! {
     let code = embed_sqlstate(&e);
     let message = e.to_string();
+    if matches!(e, EmbedError::OutOfMemory { .. }) {
+        pgrx::pg_sys::panic::ErrorReport::new(code, message, "raise_embed")
+            .set_hint("Lower the model's batch_size or batch_tokens (akidb.json), raise akidb.cuda_memory_limit, or put \"cpu\" last in akidb.execution_providers to fall back when loading.")
+            .report(pgrx::PgLogLevel::ERROR);
+        unreachable!("an ERROR does not return");
+    }
     ereport!(ERROR, code, message);
 }
 

@@ -12,6 +12,7 @@ pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Optio
 pub static EXECUTION_PROVIDERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"tensorrt,cuda,cpu"));
 pub static ONNX_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CUDA_DEVICE: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static CUDA_MEMORY_LIMIT_MB: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static TENSORRT_FP16: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static TENSORRT_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static TENSORRT_CACHE_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -158,6 +159,16 @@ pub fn init() {
         64,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.cuda_memory_limit",
+        c"Most GPU memory one backend's CUDA memory arena may take per model; 0 means no limit.",
+        c"An inference that needs more fails with out_of_memory (53200); the backend and its model stay usable. Applies to models loaded afterwards.",
+        &CUDA_MEMORY_LIMIT_MB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
     );
     GucRegistry::define_bool_guc(
         c"akidb.tensorrt_fp16",

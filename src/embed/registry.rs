@@ -77,6 +77,7 @@ pub fn load_options() -> LoadOptions {
             providers,
             threads,
             cuda_device: settings::CUDA_DEVICE.get(),
+            cuda_memory_limit_bytes: settings::CUDA_MEMORY_LIMIT_MB.get() as usize * (1 << 20),
             tensorrt: TensorRtOptions {
                 fp16: settings::TENSORRT_FP16.get(),
                 cache_dir,

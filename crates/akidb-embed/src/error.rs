@@ -18,6 +18,9 @@ pub enum EmbedError {
     InvalidArgument(String),
     /// Inference failed while running.
     Inference { model: String, detail: String },
+    /// The execution provider could not allocate memory (GPU memory, mostly) to load or
+    /// run the model.
+    OutOfMemory { model: String, provider: String, detail: String },
     /// The remote embedding server could not be reached.
     HttpUnreachable { model: String, url: String, detail: String },
     /// The remote embedding server did not answer within the timeout.
@@ -49,6 +52,9 @@ impl fmt::Display for EmbedError {
             Inference { model, detail } => {
                 write!(f, "embedding model \"{model}\": inference failed: {detail}")
             }
+            OutOfMemory { model, provider, detail } => {
+                write!(f, "embedding model \"{model}\": out of memory on {provider}: {detail}")
+            }
             HttpUnreachable { model, url, detail } => write!(
                 f,
                 "embedding model \"{model}\": cannot reach embedding server at {url}: {detail}"
@@ -68,4 +74,34 @@ impl fmt::Display for EmbedError {
 
 impl std::error::Error for EmbedError {}
 
+/// Whether an ONNX Runtime error message says an allocation failed (the CUDA provider's
+/// "out of memory", its arena's "Failed to allocate memory", cuBLAS's or cuDNN's
+/// ALLOC_FAILED, a C++ bad_alloc on the CPU).
+pub fn says_out_of_memory(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    ["out of memory", "failed to allocate memory", "smaller than requested bytes", "alloc_failed", "bad_alloc", "bad allocation", "cudaerrormemoryallocation"]
+        .iter()
+        .any(|p| d.contains(p))
+}
+
 pub type Result<T, E = EmbedError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::says_out_of_memory;
+
+    #[test]
+    fn allocation_failures_are_recognised() {
+        for m in [
+            "CUDA failure 2: out of memory ; GPU=0 ; hostname=x ; file=cuda_allocator.cc",
+            "Failed to allocate memory for requested buffer of size 805306368",
+            "CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED",
+            "std::bad_alloc",
+        ] {
+            assert!(says_out_of_memory(m), "{m}");
+        }
+        for m in ["Got invalid dimensions for input: input_ids", "no output \"x\"", "LoadLibrary failed with error 126"] {
+            assert!(!says_out_of_memory(m), "{m}");
+        }
+    }
+}

@@ -89,6 +89,9 @@ pub struct Model {
     pub memory_bytes: i64,
     max_rows: usize,
     max_cells: usize,
+    /// Threads that tokenise a long list (the session's threads; on a GPU, up to half the
+    /// CPUs, at most 8, since tokenising is then most of the time).
+    tokenize_threads: usize,
 }
 
 impl Model {
@@ -127,10 +130,13 @@ impl Model {
             }
         };
         // Batch limits: a CPU gains little from wide batches (padding and cache misses
-        // eat the gain; measured in bench/embed: 8 texts beat 1 and 32), a GPU gains a lot.
+        // eat the gain; measured in bench/embed: 8 texts beat 1 and 32), a GPU gains a lot
+        // (bench/gpu: 256 rows, as many cells as 256 texts of 256 tokens).
         let on_cpu = execution_provider == "cpu";
-        let max_rows = m.batch_size.unwrap_or(if on_cpu { 8 } else { 64 });
+        let max_rows = m.batch_size.unwrap_or(if on_cpu { 8 } else { 256 });
         let max_cells = m.batch_tokens.unwrap_or(if on_cpu { 2048 } else { 65536 });
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tokenize_threads = if on_cpu { opts.session.threads } else { opts.session.threads.max((cpus / 2).min(8)) }.max(1);
         Ok(Model {
             spec,
             backend,
@@ -140,6 +146,7 @@ impl Model {
             memory_bytes: (resident_bytes() - rss_before).max(0),
             max_rows,
             max_cells,
+            tokenize_threads,
         })
     }
 
@@ -164,14 +171,7 @@ impl Model {
                 client.embed(&all, interrupt)?
             }
             Backend::Onnx { session, encoder } => {
-                let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
-                for (i, t) in texts.iter().enumerate() {
-                    // Tokenising thousands of long texts takes a while: stay cancellable.
-                    if i % 64 == 63 && interrupt.pending() {
-                        return Err(EmbedError::Cancelled);
-                    }
-                    ids.push(encoder.encode(&self.spec.name, &prefixed(t))?);
-                }
+                let ids = encoder.encode_all(&self.spec.name, texts, prefix, self.tokenize_threads, interrupt)?;
                 let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
                 let mut raw = vec![Vec::new(); texts.len()];
                 for rows in plan_batches(&lengths, self.max_rows, self.max_cells) {
@@ -203,32 +203,31 @@ impl Model {
 
 /// Runs a batch and pools each row; checks the output has the manifest's dimensions.
 fn run_and_pool(session: &mut OnnxSession, pooling: &Pooling, dims: usize, batch: &Batch, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
-    let (values, shape) = session.run(batch, interrupt)?;
-    let bad_shape = |detail: String| EmbedError::InvalidModel {
-        model: String::new(),
-        file: session.file().to_string(),
-        detail,
-    };
-    if session.pre_pooled {
-        if shape != [batch.rows, dims] {
-            return Err(bad_shape(format!("output has shape {shape:?}, expected [{}, {dims}] (dimensions in akidb.json)", batch.rows)));
+    let file = session.file().to_string();
+    let pre_pooled = session.pre_pooled;
+    session.run(batch, interrupt, |values, shape| {
+        let bad_shape = |detail: String| EmbedError::InvalidModel { model: String::new(), file: file.clone(), detail };
+        if pre_pooled {
+            if shape != [batch.rows, dims] {
+                return Err(bad_shape(format!("output has shape {shape:?}, expected [{}, {dims}] (dimensions in akidb.json)", batch.rows)));
+            }
+            return Ok(values.chunks(dims).map(|c| c.to_vec()).collect());
         }
-        return Ok(values.chunks(dims).map(|c| c.to_vec()).collect());
-    }
-    if shape != [batch.rows, batch.seq, dims] {
-        return Err(bad_shape(format!(
-            "output has shape {shape:?}, expected [{}, {}, {dims}] (dimensions in akidb.json)",
-            batch.rows, batch.seq
-        )));
-    }
-    let states = TokenStates { states: &values, mask: &batch.mask, batch: batch.rows, seq: batch.seq, dim: dims };
-    Ok((0..batch.rows)
-        .map(|r| {
-            let mut v = vec![0.0; dims];
-            states.pool_row(pooling, r, &mut v);
-            v
-        })
-        .collect())
+        if shape != [batch.rows, batch.seq, dims] {
+            return Err(bad_shape(format!(
+                "output has shape {shape:?}, expected [{}, {}, {dims}] (dimensions in akidb.json)",
+                batch.rows, batch.seq
+            )));
+        }
+        let states = TokenStates { states: values, mask: &batch.mask, batch: batch.rows, seq: batch.seq, dim: dims };
+        Ok((0..batch.rows)
+            .map(|r| {
+                let mut v = vec![0.0; dims];
+                states.pool_row(pooling, r, &mut v);
+                v
+            })
+            .collect())
+    })
 }
 
 /// One run at load time: the tokenizer's largest id must be a valid input, and the output

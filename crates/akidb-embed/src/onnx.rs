@@ -11,7 +11,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor, ValueType};
 
-use crate::error::{EmbedError, Result};
+use crate::error::{says_out_of_memory, EmbedError, Result};
 use crate::threads::{run_watched, with_signals_blocked, Interrupt};
 use crate::tokenize::Batch;
 
@@ -75,6 +75,8 @@ pub struct SessionOptions {
     /// Threads of one inference (ONNX Runtime intra-op threads).
     pub threads: usize,
     pub cuda_device: i32,
+    /// Limit of the CUDA provider's memory arena (0: none).
+    pub cuda_memory_limit_bytes: usize,
     pub tensorrt: TensorRtOptions,
     /// Largest batch (for TensorRT optimisation profiles).
     pub max_batch: usize,
@@ -180,7 +182,11 @@ impl OnnxSession {
                     None => build(env, opts, None, file),
                 },
                 ExecutionProvider::Cuda => {
-                    let cuda = ep::CUDA::default().with_device_id(opts.cuda_device).build().error_on_failure();
+                    let mut cuda = ep::CUDA::default().with_device_id(opts.cuda_device);
+                    if opts.cuda_memory_limit_bytes > 0 {
+                        cuda = cuda.with_memory_limit(opts.cuda_memory_limit_bytes);
+                    }
+                    let cuda = cuda.build().error_on_failure();
                     build(env, opts, Some(cuda), file)
                 }
                 ExecutionProvider::TensorRt => {
@@ -194,12 +200,18 @@ impl OnnxSession {
                     chosen = Some((s, p));
                     break;
                 }
-                // A CPU failure is the model's fault (corrupt file), not the provider's.
+                Err(e) if says_out_of_memory(&e) && p == ExecutionProvider::Cpu => {
+                    return Err(EmbedError::OutOfMemory { model: model.into(), provider: p.name().into(), detail: e })
+                }
+                // Any other CPU failure is the model's fault (corrupt file), not the provider's.
                 Err(e) if p == ExecutionProvider::Cpu => return Err(invalid(e)),
                 Err(e) => passed_over.push((p, e)),
             }
         }
         let Some((session, provider)) = chosen else {
+            if let Some((p, e)) = passed_over.iter().find(|(_, e)| says_out_of_memory(e)) {
+                return Err(EmbedError::OutOfMemory { model: model.into(), provider: p.name().into(), detail: e.clone() });
+            }
             let why: Vec<String> = passed_over.iter().map(|(p, e)| format!("{}: {}", p.name(), e.trim_end_matches('.'))).collect();
             return Err(EmbedError::Inference {
                 model: model.into(),
@@ -257,9 +269,15 @@ impl OnnxSession {
         &self.file
     }
 
-    /// Runs one padded batch; returns the output values and their shape. Stops early
-    /// (with [`EmbedError::Cancelled`]) when `interrupt` says so.
-    pub fn run(&mut self, batch: &Batch, interrupt: &dyn Interrupt) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// Runs one padded batch and hands the output (values, shape) to `consume`, in place in
+    /// ONNX Runtime's buffer (a wide GPU batch's token states are tens of megabytes: no
+    /// copy). Stops early (with [`EmbedError::Cancelled`]) when `interrupt` says so.
+    pub fn run<T>(
+        &mut self,
+        batch: &Batch,
+        interrupt: &dyn Interrupt,
+        consume: impl FnOnce(&[f32], &[usize]) -> Result<T>,
+    ) -> Result<T> {
         let shape = [batch.rows, batch.seq];
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
         for &k in &self.inputs {
@@ -273,6 +291,8 @@ impl OnnxSession {
             values.push((k.name().to_string(), t.into_dyn()));
         }
         let options = RunOptions::new().map_err(|e| self.failed(e.to_string()))?;
+        let (model, provider) = (self.model.as_str(), self.provider);
+        let fail = |detail: String| failed(model, provider, detail);
         let (session, output) = (&mut self.session, self.output.as_str());
         // Inference stays on this thread (a hand-off to a worker thread cost 0.9 ms per
         // short query on a 2-core VM); the watchdog terminates it on a cancel. The threads
@@ -280,22 +300,29 @@ impl OnnxSession {
         // blocked (model::probe).
         let result = run_watched(
             interrupt,
-            || -> std::result::Result<(Vec<f32>, Vec<usize>), String> {
-                let outputs = session.run_with_options(values, &options).map_err(|e| e.to_string())?;
-                let value = outputs.get(output).ok_or_else(|| format!("no output \"{output}\""))?;
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
-                Ok((data.to_vec(), shape.iter().map(|&d| d as usize).collect()))
-            },
+            || -> std::result::Result<_, String> { session.run_with_options(values, &options).map_err(|e| e.to_string()) },
             &|| {
                 let _ = options.terminate();
             },
         )?;
-        result.map_err(|e| self.failed(e))
+        let outputs = result.map_err(fail)?;
+        let value = outputs.get(output).ok_or_else(|| fail(format!("no output \"{output}\"")))?;
+        let (dims, data) = value.try_extract_tensor::<f32>().map_err(|e| fail(e.to_string()))?;
+        let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        consume(data, &dims)
     }
 
     fn failed(&self, detail: String) -> EmbedError {
-        EmbedError::Inference { model: self.model.clone(), detail }
+        failed(&self.model, self.provider, detail)
     }
+}
+
+/// A failed run: out of memory when the message says an allocation failed.
+fn failed(model: &str, provider: ExecutionProvider, detail: String) -> EmbedError {
+    if says_out_of_memory(&detail) {
+        return EmbedError::OutOfMemory { model: model.into(), provider: provider.name().into(), detail };
+    }
+    EmbedError::Inference { model: model.into(), detail }
 }
 
 fn tensorrt(model: &str, opts: &SessionOptions, inputs: &[String]) -> ep::ExecutionProviderDispatch {

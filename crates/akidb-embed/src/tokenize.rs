@@ -6,6 +6,10 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EmbedError, Result};
 use crate::manifest::PaddingSide;
+use crate::threads::{with_signals_blocked, Interrupt};
+
+/// Texts tokenised between two looks at a pending cancel (and handed out to a thread at once).
+const BLOCK: usize = 64;
 
 /// A model's tokenizer with akidb's settings: truncation at the model's `max_tokens`
 /// (whatever tokenizer.json says), no padding (batches are padded here, per batch).
@@ -49,6 +53,63 @@ impl TextEncoder {
             .encode_fast(text, true)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| EmbedError::Inference { model: model.into(), detail: format!("tokenizer: {e}") })
+    }
+}
+
+impl TextEncoder {
+    /// The ids of each text (after `prefix`). A list longer than one block is spread over
+    /// up to `threads` threads (this one and helpers started with signals blocked): a GPU
+    /// embeds faster than one CPU thread tokenises. Each thread looks at `interrupt`
+    /// between blocks.
+    pub fn encode_all(&self, model: &str, texts: &[&str], prefix: &str, threads: usize, interrupt: &dyn Interrupt) -> Result<Vec<Vec<u32>>> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let blocks = texts.len().div_ceil(BLOCK);
+        let encode_block = |b: usize| -> Result<Vec<Vec<u32>>> {
+            texts[b * BLOCK..((b + 1) * BLOCK).min(texts.len())]
+                .iter()
+                .map(|t| if prefix.is_empty() { self.encode(model, t) } else { self.encode(model, &format!("{prefix}{t}")) })
+                .collect()
+        };
+        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let work = || -> Result<Vec<(usize, Vec<Vec<u32>>)>> {
+            let mut done = Vec::new();
+            while !stop.load(Relaxed) {
+                let b = next.fetch_add(1, Relaxed);
+                if b >= blocks {
+                    break;
+                }
+                // Thousands of long texts take a while: stay cancellable.
+                let r = if b > 0 && interrupt.pending() { Err(EmbedError::Cancelled) } else { encode_block(b) };
+                match r {
+                    Ok(ids) => done.push((b, ids)),
+                    Err(e) => {
+                        stop.store(true, Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(done)
+        };
+        let helpers = threads.min(blocks).saturating_sub(1);
+        let parts: Vec<Result<Vec<(usize, Vec<Vec<u32>>)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..helpers)
+                .filter_map(|i| {
+                    with_signals_blocked(|| std::thread::Builder::new().name(format!("akidb-tok-{i}")).spawn_scoped(scope, work)).ok()
+                })
+                .collect();
+            let mut parts = vec![work()];
+            for h in handles {
+                parts.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            parts
+        });
+        let mut by_block: Vec<Option<Vec<Vec<u32>>>> = (0..blocks).map(|_| None).collect();
+        for part in parts {
+            for (b, ids) in part? {
+                by_block[b] = Some(ids);
+            }
+        }
+        Ok(by_block.into_iter().flat_map(|b| b.expect("every block was tokenised")).collect())
     }
 }
 

@@ -169,3 +169,24 @@ mod tempdir {
         }
     }
 }
+
+#[test]
+fn tokenising_on_several_threads_gives_each_text_its_own_ids_in_order() {
+    use akidb_embed::tokenize::TextEncoder;
+    let file = models_dir().join("all-MiniLM-L6-v2/tokenizer.json");
+    let enc = TextEncoder::load("m", &file, 256, None).unwrap();
+    let texts: Vec<String> = (0..1000).map(|i| format!("text number {i} {}", "word ".repeat(i % 50))).collect();
+    let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+    let alone: Vec<Vec<u32>> = refs.iter().map(|t| enc.encode("m", &format!("q: {t}")).unwrap()).collect();
+    for threads in [1, 2, 4, 7] {
+        assert_eq!(enc.encode_all("m", &refs, "q: ", threads, &NoInterrupt).unwrap(), alone, "{threads} threads");
+    }
+    assert!(enc.encode_all("m", &[], "", 4, &NoInterrupt).unwrap().is_empty());
+    struct Now;
+    impl Interrupt for Now {
+        fn pending(&self) -> bool {
+            true
+        }
+    }
+    assert_eq!(enc.encode_all("m", &refs, "", 4, &Now).unwrap_err(), EmbedError::Cancelled);
+}

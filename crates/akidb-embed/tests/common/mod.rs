@@ -22,6 +22,7 @@ pub fn load_options() -> LoadOptions {
             providers: vec![ExecutionProvider::Cpu],
             threads: 1,
             cuda_device: 0,
+            cuda_memory_limit_bytes: 0,
             tensorrt: TensorRtOptions { fp16: true, cache_dir: None, workspace_bytes: 1 << 30 },
             max_batch: 32,
             max_tokens: 512,
