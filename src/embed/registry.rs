@@ -96,7 +96,11 @@ static EMBEDDED: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 
 /// Embeds `texts` with the named model (loading it first if this backend has not).
 pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> Vec<Vec<f32>> {
-    let vectors = with_model(name, |m| m.embed(texts, purpose, dims, &PgInterrupt));
+    let vectors = with_model(name, |m| {
+        let r = m.embed(texts, purpose, dims, &PgInterrupt);
+        report_timing(name, m.execution_provider, &m.last_timing);
+        r
+    });
     *EMBEDDED.lock().entry(name.to_string()).or_default() += texts.len() as i64;
     vectors
 }
@@ -149,6 +153,23 @@ fn load(name: &str) -> Model {
 /// Loads `name` (if needed) and returns its execution provider.
 pub fn load_model(name: &str) -> &'static str {
     with_model(name, |m| Ok(m.execution_provider))
+}
+
+/// Where an ONNX call's time went, as a DEBUG1 message (`SET client_min_messages = debug1`).
+fn report_timing(name: &str, provider: &str, t: &akidb_embed::EmbedTiming) {
+    // SAFETY: a plain query of the logging settings.
+    if t.texts == 0 || !unsafe { pg_sys::message_level_is_interesting(pg_sys::DEBUG1 as i32) } {
+        return;
+    }
+    pgrx::debug1!(
+        "akidb: embedding model \"{name}\" on {provider}: {} texts, {} tokens, {} batches; tokenising {:.3} ms, inference {:.3} ms, pooling {:.3} ms",
+        t.texts,
+        t.tokens,
+        t.batches,
+        t.tokenize_ms,
+        t.inference_ms,
+        t.pool_ms
+    );
 }
 
 /// Frees `name`; false if it was not loaded.

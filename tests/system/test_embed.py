@@ -330,3 +330,18 @@ def test_every_thread_but_the_backends_own_blocks_postgres_signals(conn):
     assert len(others) >= 2, seen  # at least the intra-op pool thread and the watchdog
     assert all(others.values()), seen
     assert not seen[next(k for k in seen if k[0] == pid)], "the main thread must take signals"
+
+
+def test_debug1_says_where_an_embedding_calls_time_went(conn):
+    seen = []
+    conn.add_notice_handler(lambda d: seen.append(d.message_primary or ""))
+    conn.execute("SELECT akidb_load_model(%s)", (MINILM,))
+    conn.execute("SELECT embed(ARRAY['one text', 'and a second, longer text'], %s)", (MINILM,))
+    assert not any("tokenising" in m for m in seen), "silent at the default client_min_messages"
+    conn.execute("SET client_min_messages = debug1")
+    conn.execute("SELECT embed(ARRAY['one text', 'and a second, longer text'], %s)", (MINILM,))
+    conn.execute("RESET client_min_messages")
+    msg = next(m for m in seen if "tokenising" in m)
+    assert f'"{MINILM}" on cpu: 2 texts' in msg and "1 batches" in msg and "inference" in msg and "pooling" in msg, msg
+    tokens = int(msg.split(" tokens")[0].rsplit(" ", 1)[1])
+    assert tokens == 4 + 8, msg  # [CLS] one text [SEP]; [CLS] and a second , longer text [SEP]

@@ -15,7 +15,7 @@ pub mod tokenize;
 
 pub use error::{EmbedError, Result};
 pub use manifest::{Manifest, Purpose};
-pub use model::{LoadOptions, Model, ModelSpec};
+pub use model::{EmbedTiming, LoadOptions, Model, ModelSpec};
 pub use onnx::{ExecutionProvider, SessionOptions, TensorRtOptions};
 pub use threads::{Interrupt, NoInterrupt};
 

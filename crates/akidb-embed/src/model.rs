@@ -9,7 +9,7 @@ use crate::http::HttpClient;
 use crate::manifest::{Manifest, Pooling, ProviderKind, Purpose, MANIFEST_FILE};
 use crate::onnx::{self, OnnxSession, SessionOptions};
 use crate::pooling::{finish, TokenStates};
-use crate::threads::{Interrupt, NoInterrupt};
+use crate::threads::{with_signals_blocked, Interrupt, NoInterrupt};
 use crate::tokenize::{plan_batches, Batch, TextEncoder};
 
 /// A model directory and its parsed manifest.
@@ -89,9 +89,24 @@ pub struct Model {
     pub memory_bytes: i64,
     max_rows: usize,
     max_cells: usize,
-    /// Threads that tokenise a long list (the session's threads; on a GPU, up to half the
-    /// CPUs, at most 8, since tokenising is then most of the time).
-    tokenize_threads: usize,
+    /// Threads for the CPU side of a long call, tokenising and pooling (the session's
+    /// threads; on a GPU, three quarters of the CPUs, at most 12: there the GPU is faster
+    /// than one CPU thread preparing its input and reading its output; bench/gpu measured
+    /// tokenising at about half of a 32-text call on an H200 machine's CPU).
+    helper_threads: usize,
+    /// Where the last call's time went.
+    pub last_timing: EmbedTiming,
+}
+
+/// Where one `embed` call's time went (DEBUG1 messages show it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedTiming {
+    pub texts: usize,
+    pub tokens: usize,
+    pub batches: usize,
+    pub tokenize_ms: f64,
+    pub inference_ms: f64,
+    pub pool_ms: f64,
 }
 
 impl Model {
@@ -136,7 +151,7 @@ impl Model {
         let max_rows = m.batch_size.unwrap_or(if on_cpu { 8 } else { 256 });
         let max_cells = m.batch_tokens.unwrap_or(if on_cpu { 2048 } else { 65536 });
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let tokenize_threads = if on_cpu { opts.session.threads } else { opts.session.threads.max((cpus / 2).min(8)) }.max(1);
+        let helper_threads = if on_cpu { opts.session.threads } else { opts.session.threads.max((cpus * 3 / 4).min(12)) }.max(1);
         Ok(Model {
             spec,
             backend,
@@ -146,7 +161,8 @@ impl Model {
             memory_bytes: (resident_bytes() - rss_before).max(0),
             max_rows,
             max_cells,
-            tokenize_threads,
+            helper_threads,
+            last_timing: EmbedTiming::default(),
         })
     }
 
@@ -159,6 +175,7 @@ impl Model {
     }
 
     pub fn embed(&mut self, texts: &[&str], purpose: Purpose, dims: Option<usize>, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
+        self.last_timing = EmbedTiming::default();
         let m = &self.spec.manifest;
         let out_dims = m.output_dims(&self.spec.name, dims)?;
         let normalize = m.normalize;
@@ -171,17 +188,24 @@ impl Model {
                 client.embed(&all, interrupt)?
             }
             Backend::Onnx { session, encoder } => {
-                let ids = encoder.encode_all(&self.spec.name, texts, prefix, self.tokenize_threads, interrupt)?;
+                let started = Instant::now();
+                let ids = encoder.encode_all(&self.spec.name, texts, prefix, self.helper_threads, interrupt)?;
+                let mut timing = EmbedTiming { texts: texts.len(), tokenize_ms: ms(started), ..Default::default() };
                 let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+                timing.tokens = lengths.iter().sum();
                 let mut raw = vec![Vec::new(); texts.len()];
                 for rows in plan_batches(&lengths, self.max_rows, self.max_cells) {
                     let seqs: Vec<&[u32]> = rows.iter().map(|&i| ids[i].as_slice()).collect();
                     let batch = Batch::pad(&seqs, m.padding_side, encoder.pad_id);
-                    let pooled = run_and_pool(session, &m.pooling, m.dimensions, &batch, interrupt)?;
+                    let (pooled, run_ms, pool_ms) = run_and_pool(session, &m.pooling, m.dimensions, &batch, self.helper_threads, interrupt)?;
+                    timing.batches += 1;
+                    timing.inference_ms += run_ms;
+                    timing.pool_ms += pool_ms;
                     for (&i, v) in rows.iter().zip(pooled) {
                         raw[i] = v;
                     }
                 }
+                self.last_timing = timing;
                 raw
             }
         };
@@ -201,11 +225,22 @@ impl Model {
     }
 }
 
-/// Runs a batch and pools each row; checks the output has the manifest's dimensions.
-fn run_and_pool(session: &mut OnnxSession, pooling: &Pooling, dims: usize, batch: &Batch, interrupt: &dyn Interrupt) -> Result<Vec<Vec<f32>>> {
+/// Runs a batch and pools each row (a wide batch on several threads); checks the output
+/// has the manifest's dimensions. Also says how long the run and the pooling took (ms).
+fn run_and_pool(
+    session: &mut OnnxSession,
+    pooling: &Pooling,
+    dims: usize,
+    batch: &Batch,
+    threads: usize,
+    interrupt: &dyn Interrupt,
+) -> Result<(Vec<Vec<f32>>, f64, f64)> {
     let file = session.file().to_string();
     let pre_pooled = session.pre_pooled;
-    session.run(batch, interrupt, |values, shape| {
+    let started = Instant::now();
+    let mut run_ms = 0.0;
+    let pooled = session.run(batch, interrupt, |values, shape| {
+        run_ms = ms(started);
         let bad_shape = |detail: String| EmbedError::InvalidModel { model: String::new(), file: file.clone(), detail };
         if pre_pooled {
             if shape != [batch.rows, dims] {
@@ -220,14 +255,59 @@ fn run_and_pool(session: &mut OnnxSession, pooling: &Pooling, dims: usize, batch
             )));
         }
         let states = TokenStates { states: values, mask: &batch.mask, batch: batch.rows, seq: batch.seq, dim: dims };
-        Ok((0..batch.rows)
+        Ok(pool_all(&states, pooling, if values.len() >= POOL_SPLIT { threads } else { 1 }))
+    })?;
+    let pool_ms = ms(started) - run_ms;
+    Ok((pooled, run_ms, pool_ms))
+}
+
+/// Pools every row of `states`, on up to `threads` threads (this one and helpers started
+/// with signals blocked; should one not start, this thread does its rows).
+fn pool_all(states: &TokenStates, pooling: &Pooling, threads: usize) -> Vec<Vec<f32>> {
+    let (rows, dims) = (states.batch, states.dim);
+    let pool = |range: std::ops::Range<usize>| -> Vec<Vec<f32>> {
+        range
             .map(|r| {
                 let mut v = vec![0.0; dims];
                 states.pool_row(pooling, r, &mut v);
                 v
             })
-            .collect())
+            .collect()
+    };
+    let threads = threads.clamp(1, rows.max(1));
+    if threads == 1 {
+        return pool(0..rows);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads)
+            .filter(|h| h * per < rows)
+            .map(|h| {
+                let range = h * per..((h + 1) * per).min(rows);
+                let pool = &pool;
+                let spawned = with_signals_blocked(|| {
+                    let range = range.clone();
+                    std::thread::Builder::new().name("akidb-pool".into()).spawn_scoped(scope, move || pool(range))
+                });
+                spawned.map_err(|_| range)
+            })
+            .collect();
+        let mut out = pool(0..per.min(rows));
+        for h in handles {
+            match h {
+                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                Err(range) => out.extend(pool(range)),
+            }
+        }
+        out
     })
+}
+
+/// Token states above which pooling is shared out between threads.
+const POOL_SPLIT: usize = 1 << 19;
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// One run at load time: the tokenizer's largest id must be a valid input, and the output
@@ -238,7 +318,7 @@ fn probe(spec: &ModelSpec, backend: &mut Backend, tokenizer_file: &Path) -> Resu
     let batch = Batch::pad(&[&[encoder.max_id, encoder.max_id]], m.padding_side, encoder.pad_id);
     // The first run: execution providers start some of their threads only now (the CUDA
     // and TensorRT ones do), so it runs with every signal blocked, which they inherit.
-    match crate::threads::with_signals_blocked(|| run_and_pool(session, &m.pooling, m.dimensions, &batch, &NoInterrupt)) {
+    match crate::threads::with_signals_blocked(|| run_and_pool(session, &m.pooling, m.dimensions, &batch, 1, &NoInterrupt)) {
         Ok(_) => Ok(()),
         Err(EmbedError::InvalidModel { file, detail, .. }) => Err(EmbedError::InvalidModel { model: spec.name.clone(), file, detail }),
         Err(EmbedError::Inference { detail, .. }) => Err(EmbedError::InvalidModel {
@@ -261,4 +341,24 @@ fn resident_bytes() -> i64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
         .map_or(0, |pages| pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_on_several_threads_equals_pooling_on_one() {
+        let (batch, seq, dim) = (37, 11, 5);
+        let states: Vec<f32> = (0..batch * seq * dim).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+        let mask: Vec<i64> = (0..batch * seq).map(|i| if i % seq <= (i / seq) % seq { 1 } else { 0 }).collect();
+        let t = TokenStates { states: &states, mask: &mask, batch, seq, dim };
+        for pooling in [Pooling::Mean, Pooling::Cls, Pooling::LastToken] {
+            let one = pool_all(&t, &pooling, 1);
+            assert_eq!(one.len(), batch);
+            for threads in [2, 3, 8, 64] {
+                assert_eq!(pool_all(&t, &pooling, threads), one, "{pooling:?}, {threads} threads");
+            }
+        }
+    }
 }

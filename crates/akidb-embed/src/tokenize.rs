@@ -8,7 +8,8 @@ use crate::error::{EmbedError, Result};
 use crate::manifest::PaddingSide;
 use crate::threads::{with_signals_blocked, Interrupt};
 
-/// Texts tokenised between two looks at a pending cancel (and handed out to a thread at once).
+/// Most texts tokenised between two looks at a pending cancel (and handed to a thread at
+/// once); fewer when that leaves threads idle.
 const BLOCK: usize = 64;
 
 /// A model's tokenizer with akidb's settings: truncation at the model's `max_tokens`
@@ -63,9 +64,11 @@ impl TextEncoder {
     /// between blocks.
     pub fn encode_all(&self, model: &str, texts: &[&str], prefix: &str, threads: usize, interrupt: &dyn Interrupt) -> Result<Vec<Vec<u32>>> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-        let blocks = texts.len().div_ceil(BLOCK);
+        // About four blocks per thread, at most 64 texts each.
+        let block = texts.len().div_ceil(threads.max(1) * 4).clamp(1, BLOCK);
+        let blocks = texts.len().div_ceil(block);
         let encode_block = |b: usize| -> Result<Vec<Vec<u32>>> {
-            texts[b * BLOCK..((b + 1) * BLOCK).min(texts.len())]
+            texts[b * block..((b + 1) * block).min(texts.len())]
                 .iter()
                 .map(|t| if prefix.is_empty() { self.encode(model, t) } else { self.encode(model, &format!("{prefix}{t}")) })
                 .collect()
@@ -90,7 +93,8 @@ impl TextEncoder {
             }
             Ok(done)
         };
-        let helpers = threads.min(blocks).saturating_sub(1);
+        // A thread costs tens of microseconds to start: not for a handful of texts.
+        let helpers = if texts.len() < 16 { 0 } else { threads.min(blocks).saturating_sub(1) };
         let parts: Vec<Result<Vec<(usize, Vec<Vec<u32>>)>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..helpers)
                 .filter_map(|i| {
