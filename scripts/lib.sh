@@ -36,6 +36,26 @@ ensure_apt_packages() {
     fi
 }
 
+# What compiles and runs the aarch64 (Jetson) build here: the Rust standard library for
+# aarch64, a cross linker, and qemu's user-mode emulator to run the tests.
+ensure_aarch64_cross() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+        log "adding the Rust target aarch64-unknown-linux-gnu"
+        rustup target add aarch64-unknown-linux-gnu >&2
+    fi
+    local want=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static) missing=() p
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
+}
+
 ensure_cargo_pgrx() {
     if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
         log "installing cargo-pgrx $PGRX_VERSION (about 4 minutes)"

@@ -2,7 +2,8 @@
 # make test: every test tier, from a fresh machine.
 #   PG            versions that get every tier (default "15 18")
 #   PG_BUILD_ONLY versions that are only built (default "16 17" when PG is the default)
-# Tiers: core and embedding-engine unit tests (cargo test), #[pg_test] in a real server
+# Tiers: core unit tests (cargo test; again for aarch64 under qemu: the NEON kernels) and
+# embedding-engine unit tests, #[pg_test] in a real server
 # (cargo pgrx test), SQL regression (pg_regress), system tests that drive a real server
 # from outside (pytest), pgvector compatibility (PG 18 with pgvector 0.8.6), and a first
 # run of make demo and make install with none of this machine's state (scripts/firstrun.sh).
@@ -59,6 +60,12 @@ ensure_test_fixtures
 
 cd "$AKIDB_ROOT"
 tier "core unit tests (cargo test)" cargo test -p akidb-core
+# The same on aarch64 (the Jetson's CPU): the NEON kernels against the scalar reference,
+# cross-compiled and run under qemu (AARCH64=0 skips it).
+if [ "${AARCH64:-1}" = 1 ]; then
+    ensure_aarch64_cross
+    tier "core unit tests, aarch64 NEON (qemu)" cargo test -p akidb-core --target aarch64-unknown-linux-gnu
+fi
 tier "embedding engine (cargo test)" env AKIDB_ORT_LIBRARY="$(ensure_onnxruntime)" cargo test -p akidb-embed
 for v in $PG; do
     tier "pg_test, PostgreSQL $v" pg_test "$v"
