@@ -92,7 +92,7 @@ thor_ok() {
             > "$dir/server-$start.log" 2>&1 &
         for _ in $(seq 300); do [ -S "$dir/.s.PGSQL.55437" ] && break; sleep 0.1; done
         # As the postgres user: the image's cluster authenticates local connections by peer.
-        got="$(run_as_postgres "$(dirname "$pgc")/psql" -X -At -h "$dir" -p 55437 -d postgres \
+        got="$(run_as_postgres "$(dirname "$pgc")/psql" -X -q -At -h "$dir" -p 55437 -d postgres \
             -c "CREATE EXTENSION IF NOT EXISTS akidb" -c "SHOW akidb.model_path" -c "SHOW akidb.tensorrt_cache_path" \
             -c "SELECT akidb_load_model('')" -c "SELECT vector_dims(embed('x'))" 2>"$dir/psql-$start.err")"
         kill -INT "$(head -1 "$dir/data/postmaster.pid")" 2>/dev/null
