@@ -96,11 +96,11 @@ static EMBEDDED: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 
 /// Embeds `texts` with the named model (loading it first if this backend has not).
 pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> Vec<Vec<f32>> {
-    let vectors = with_model(name, |m| {
-        let r = m.embed(texts, purpose, dims, &PgInterrupt);
-        report_timing(name, m.execution_provider, &m.last_timing);
-        r
+    let (vectors, provider, timing) = with_model(name, |m| {
+        m.embed(texts, purpose, dims, &PgInterrupt).map(|v| (v, m.execution_provider, m.last_timing))
     });
+    // After the model's lock is released: a message may take time to reach the client.
+    report_timing(name, provider, &timing);
     *EMBEDDED.lock().entry(name.to_string()).or_default() += texts.len() as i64;
     vectors
 }
