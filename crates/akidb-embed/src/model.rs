@@ -89,10 +89,12 @@ pub struct Model {
     pub memory_bytes: i64,
     max_rows: usize,
     max_cells: usize,
-    /// Threads for the CPU side of a long call, tokenising and pooling (the session's
-    /// threads; on a GPU, three quarters of the CPUs, at most 12: there the GPU is faster
-    /// than one CPU thread preparing its input and reading its output; bench/gpu measured
-    /// tokenising at about half of a 32-text call on an H200 machine's CPU).
+    /// Threads for the CPU side of a long call, tokenising and pooling. On a GPU, three
+    /// quarters of the CPUs, at most 12: there the GPU is faster than one CPU thread
+    /// preparing its input and reading its output (bench/gpu measured tokenising at about
+    /// half of a 32-text call on an H200 machine's CPU). On the CPU provider one: inference
+    /// has the CPUs, and helpers only got in its way (bench/retrieval on 2 cores: the bulk
+    /// path 6 % slower with them).
     helper_threads: usize,
     /// Where the last call's time went.
     pub last_timing: EmbedTiming,
@@ -151,7 +153,7 @@ impl Model {
         let max_rows = m.batch_size.unwrap_or(if on_cpu { 8 } else { 256 });
         let max_cells = m.batch_tokens.unwrap_or(if on_cpu { 2048 } else { 65536 });
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let helper_threads = if on_cpu { opts.session.threads } else { opts.session.threads.max((cpus * 3 / 4).min(12)) }.max(1);
+        let helper_threads = if on_cpu { 1 } else { opts.session.threads.max((cpus * 3 / 4).min(12)) };
         Ok(Model {
             spec,
             backend,
