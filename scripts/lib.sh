@@ -22,11 +22,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 AKIDB_PG_APT="${AKIDB_PG_APT:-15}"
 AKIDB_APT_EXTRA="${AKIDB_APT_EXTRA-dataset-fashion-mnist}"
 
-# Debian packages the build and the tests need.
-ensure_apt_packages() {
-    local want=(postgresql-$AKIDB_PG_APT postgresql-server-dev-$AKIDB_PG_APT libclang-dev clang sudo python3-venv unzip bc $AKIDB_APT_EXTRA)
+# Installs those of the given Debian packages that are not installed yet.
+apt_install_missing() { # packages...
     local missing=() p
-    for p in "${want[@]}"; do
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -36,6 +35,12 @@ ensure_apt_packages() {
     fi
 }
 
+# Debian packages the build and the tests need.
+ensure_apt_packages() {
+    apt_install_missing postgresql-$AKIDB_PG_APT postgresql-server-dev-$AKIDB_PG_APT libclang-dev clang sudo python3-venv \
+        unzip bc $AKIDB_APT_EXTRA
+}
+
 # What compiles and runs the aarch64 (Jetson) build here: the Rust standard library for
 # aarch64, a cross linker, and qemu's user-mode emulator to run the tests.
 ensure_aarch64_cross() {
@@ -43,15 +48,7 @@ ensure_aarch64_cross() {
         log "adding the Rust target aarch64-unknown-linux-gnu"
         rustup target add aarch64-unknown-linux-gnu >&2
     fi
-    local want=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static) missing=() p
-    for p in "${want[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing Debian packages: ${missing[*]}"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    apt_install_missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
 }

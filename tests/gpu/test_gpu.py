@@ -14,6 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from cluster import threads_blocking_signals
 from conftest import MINILM, error_of, notices_of
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -135,13 +136,7 @@ def test_every_thread_but_the_backends_own_blocks_postgres_signals_on_the_gpu(cl
         c.execute("RESET statement_timeout")
         c.execute("SELECT embed('after the cancel')")
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-        handled = [2, 3, 10, 12, 14, 15, 17, 23]  # INT QUIT USR1 USR2 ALRM TERM CHLD URG
-        seen = {}
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            status = open(f"/proc/{pid}/task/{tid}/status").read()
-            name = status.split("Name:\t")[1].split("\n")[0]
-            blk = int(status.split("SigBlk:\t")[1].split("\n")[0], 16)
-            seen[(int(tid), name)] = all(blk >> (s - 1) & 1 for s in handled)
+        seen = threads_blocking_signals(pid)
         print("threads (tid, name) -> signals blocked:", seen)
         others = {k: v for k, v in seen.items() if k[0] != pid}
         assert len(others) >= 3, seen  # the CUDA runtime's and ONNX Runtime's threads, the watchdog

@@ -72,3 +72,19 @@ class Cluster:
 
     def connect(self, **kw):
         return psycopg.connect(host=self.dir, port=self.port, user="postgres", dbname="postgres", autocommit=True, **kw)
+
+
+# The signals PostgreSQL handles: INT QUIT USR1 USR2 ALRM TERM CHLD URG.
+HANDLED_SIGNALS = [2, 3, 10, 12, 14, 15, 17, 23]
+
+
+def threads_blocking_signals(pid):
+    """{(tid, name): whether that thread of process `pid` blocks every handled signal}, from
+    /proc's SigBlk."""
+    seen = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = open(f"/proc/{pid}/task/{tid}/status").read()
+        name = status.split("Name:\t")[1].split("\n")[0]
+        blk = int(status.split("SigBlk:\t")[1].split("\n")[0], 16)
+        seen[(int(tid), name)] = all(blk >> (s - 1) & 1 for s in HANDLED_SIGNALS)
+    return seen

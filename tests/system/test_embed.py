@@ -10,6 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from cluster import threads_blocking_signals
 from conftest import REPO, add_model, connect, parse_vector, server_log, set_model_path
 
 MINILM = "all-MiniLM-L6-v2"
@@ -319,13 +320,7 @@ def test_every_thread_but_the_backends_own_blocks_postgres_signals(conn):
         conn.execute("SELECT embed(array_agg(repeat('word ', 200))) FROM generate_series(1, 400)")
     conn.execute("RESET statement_timeout")
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    handled = [2, 3, 10, 12, 14, 15, 17, 23]  # INT QUIT USR1 USR2 ALRM TERM CHLD URG
-    seen = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        status = open(f"/proc/{pid}/task/{tid}/status").read()
-        name = status.split("Name:\t")[1].split("\n")[0]
-        blk = int(status.split("SigBlk:\t")[1].split("\n")[0], 16)
-        seen[(int(tid), name)] = all(blk >> (s - 1) & 1 for s in handled)
+    seen = threads_blocking_signals(pid)
     others = {k: v for k, v in seen.items() if k[0] != pid}
     assert len(others) >= 2, seen  # at least the intra-op pool thread and the watchdog
     assert all(others.values()), seen
