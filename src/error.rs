@@ -1,6 +1,7 @@
 //! Core errors become PostgreSQL errors here, and only here, so each condition has one
 //! SQLSTATE wherever it is raised.
 
+use akidb_core::hnsw::error::IndexError;
 use akidb_core::vector::VectorError;
 use akidb_embed::EmbedError;
 use pgrx::{ereport, PgSqlErrorCode};
@@ -83,5 +84,37 @@ pub fn raise_embed(e: EmbedError) -> ! {
 impl<T> OrRaise<T> for Result<T, EmbedError> {
     fn or_raise(self) -> T {
         self.unwrap_or_else(|e| raise_embed(e))
+    }
+}
+
+/// The SQLSTATE for each index error.
+pub fn index_sqlstate(e: &IndexError) -> PgSqlErrorCode {
+    use IndexError::*;
+    use PgSqlErrorCode::*;
+    match e {
+        Corrupted(_) => ERRCODE_INDEX_CORRUPTED,
+        DimMismatch { .. } | QueryDims { .. } => ERRCODE_DATA_EXCEPTION,
+        NoDimensions | EfConstructionTooSmall { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+        UnsupportedDistance(_) | UnsupportedScan | BlockSize { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+        OutOfMemory { .. } => ERRCODE_OUT_OF_MEMORY,
+        NotEmpty(_) | TupleDoesNotFit(_) => ERRCODE_INTERNAL_ERROR,
+        NotAnAkidbIndex(_) => ERRCODE_WRONG_OBJECT_TYPE,
+    }
+}
+
+/// Raises an index error as a PostgreSQL ERROR (does not return).
+pub fn raise_index(e: IndexError) -> ! {
+    let report = pgrx::pg_sys::panic::ErrorReport::new(index_sqlstate(&e), e.to_string(), "akidb_hnsw");
+    match e.hint() {
+        Some(hint) => report.set_hint(hint),
+        None => report,
+    }
+    .report(pgrx::PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return");
+}
+
+impl<T> OrRaise<T> for Result<T, IndexError> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| raise_index(e))
     }
 }

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use akidb_core::hnsw::build::{build as build_graph, Graph};
 use akidb_core::hnsw::format::{self, Element, Meta, PagePlanner, Tid, META_BLOCK, PAGE_GRAPH, PAGE_META};
+use akidb_core::hnsw::error::IndexError;
 use akidb_core::hnsw::{Metric, Params};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::page::{read_meta, Locked, PageRef};
+use super::page::{read_meta, Locked};
 use super::{dimensions, insert, metric, params, prepared_vector};
 
 pub const PHASE_LOAD: i64 = 1;
@@ -44,9 +45,15 @@ struct State {
 
 impl State {
     fn per_row_bytes(&self) -> usize {
-        // The vector, its heap tid, and the links (about 2m on level 0, a few more above).
-        self.dims * 4 + 8 + (2 * self.params.m + self.params.m / 2) * 4 + 96
+        // The vector, its heap tid, the links (about 2m on level 0, a few more above),
+        // the de-duplication's sort entry and row lists, and the graph's per-node lists.
+        self.dims * 4 + 8 + (2 * self.params.m + self.params.m / 2) * 4 + 16 + 40 + 96
     }
+}
+
+/// A failed allocation while building: an ERROR (the server goes on), never an abort.
+fn out_of_memory(rows: usize) -> ! {
+    crate::error::raise_index(IndexError::OutOfMemory { what: "building", rows });
 }
 
 pub fn item_tid(tid: pg_sys::ItemPointer) -> Tid {
@@ -57,11 +64,7 @@ pub fn item_tid(tid: pg_sys::ItemPointer) -> Tid {
 
 pub fn check_dims(expected: usize, got: usize) {
     if expected != got {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("expected {expected} dimensions, not {got}")
-        );
+        crate::error::raise_index(IndexError::DimMismatch { expected, got });
     }
 }
 
@@ -97,6 +100,9 @@ unsafe extern "C-unwind" fn build_callback(
     if st.on_disk {
         insert::insert_vector(st.index, &read_meta(st.index), &v, heap_tid);
     } else {
+        if st.vectors.try_reserve(v.len()).is_err() || st.tids.try_reserve(1).is_err() {
+            out_of_memory(st.tids.len());
+        }
         st.vectors.extend_from_slice(&v);
         st.tids.push(heap_tid);
         if st.tids.len() % 1024 == 0 {
@@ -112,8 +118,9 @@ fn flush(st: &mut State) {
     // Rows with identical vectors share one element (its first MAX_HEAP_TIDS rows in it,
     // the rest in heap-tid tuples): a graph of many equal points would link them only to
     // each other, and the later ones could not be reached.
-    let (vectors, groups) = dedupe(&st.vectors, &st.tids, st.dims);
-    st.vectors = vectors;
+    let groups = akidb_core::hnsw::build::dedupe(&mut st.vectors, st.dims).unwrap_or_else(|_| out_of_memory(st.tids.len()));
+    let groups: Vec<Vec<Tid>> = groups.into_iter().map(|g| g.into_iter().map(|i| st.tids[i as usize]).collect()).collect();
+    st.tids = Vec::new();
     let n = groups.len();
     progress(PROGRESS_SUBPHASE, PHASE_GRAPH);
     progress(PROGRESS_TUPLES_TOTAL, n as i64);
@@ -144,28 +151,6 @@ fn flush(st: &mut State) {
     progress(PROGRESS_SUBPHASE, PHASE_WRITE);
     write(st.index, &graph, &st.vectors, &groups, st.dims, st.metric, st.params);
     st.vectors = Vec::new();
-    st.tids = Vec::new();
-}
-
-/// Groups identical vectors: returns the distinct vectors (flat) and each one's heap tids.
-fn dedupe(vectors: &[f32], tids: &[Tid], dims: usize) -> (Vec<f32>, Vec<Vec<Tid>>) {
-    use std::collections::HashMap;
-    let mut first: HashMap<Vec<u32>, usize> = HashMap::new();
-    let mut out: Vec<f32> = Vec::with_capacity(vectors.len());
-    let mut groups: Vec<Vec<Tid>> = Vec::with_capacity(tids.len());
-    for (i, &tid) in tids.iter().enumerate() {
-        let v = &vectors[i * dims..(i + 1) * dims];
-        let key: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
-        match first.get(&key) {
-            Some(&g) => groups[g].push(tid),
-            _ => {
-                first.insert(key, groups.len());
-                groups.push(vec![tid]);
-                out.extend_from_slice(v);
-            }
-        }
-    }
-    (out, groups)
 }
 
 /// A tuple of the build's plan, in page order.
@@ -239,10 +224,12 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
         entry: g.entry.map_or(Tid::INVALID, |(e, _)| element_at[e as usize]),
         entry_level: g.entry.map_or(0, |(_, l)| l),
         insert_block: if tids.is_empty() { META_BLOCK + 1 } else { plan.block },
+        free_block: META_BLOCK,
+        reuse_epoch: 0,
     };
     {
-        let b = Locked::read(index, META_BLOCK, true);
-        let page = b.page();
+        let mut b = Locked::read(index, META_BLOCK, true);
+        let mut page = b.page_mut();
         page.init(PAGE_META);
         page.set_meta(&meta);
         // SAFETY: we hold the buffer exclusively.
@@ -255,13 +242,12 @@ fn write(index: pg_sys::Relation, g: &Graph, vectors: &[f32], tids: &[Vec<Tid>],
                 // SAFETY: exclusively locked.
                 unsafe { pg_sys::MarkBufferDirty(b.buf) };
             }
-            let b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+            let mut b = Locked::extend(index, pg_sys::ForkNumber::MAIN_FORKNUM);
             assert_eq!(b.block(), tid.block, "akidb_hnsw: index pages out of step with the plan");
-            b.page().init(PAGE_GRAPH);
+            b.page_mut().init(PAGE_GRAPH);
             current = Some(b);
         }
-        let page: PageRef = current.as_ref().unwrap().page();
-        let off = page.add(bytes);
+        let off = current.as_mut().expect("a page was just set").page_mut().add(bytes);
         assert_eq!(off, tid.offset, "akidb_hnsw: tuple offset out of step with the plan");
     };
     for (done, what) in order.into_iter().enumerate() {
@@ -323,8 +309,8 @@ fn log_all(index: pg_sys::Relation) {
 
 /// A new block 0 of `fork` holding the metapage of an empty index (locked, not yet dirty).
 fn empty_metapage(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metric: Metric, dims: usize, params: Params) -> Locked {
-    let b = Locked::extend(index, fork);
-    let page = b.page();
+    let mut b = Locked::extend(index, fork);
+    let mut page = b.page_mut();
     page.init(PAGE_META);
     page.set_meta(&Meta {
         dims: dims as u32,
@@ -334,6 +320,8 @@ fn empty_metapage(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metri
         entry: Tid::INVALID,
         entry_level: 0,
         insert_block: META_BLOCK + 1,
+        free_block: META_BLOCK,
+        reuse_epoch: 0,
     });
     b
 }
@@ -345,7 +333,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     index_info: *mut pg_sys::IndexInfo,
 ) -> *mut pg_sys::IndexBuildResult {
     if super::page::nblocks(index) != 0 {
-        error!("akidb_hnsw: index \"{}\" already contains data", unsafe { pgrx::name_data_to_str(&(*(*index).rd_rel).relname) });
+        crate::error::raise_index(IndexError::NotEmpty(unsafe { pgrx::name_data_to_str(&(*(*index).rd_rel).relname) }.to_string()));
     }
     let (metric, dims, params) = (metric(index), dimensions(index), build_params(index));
     // SAFETY: a plain GUC read (kilobytes).
@@ -396,11 +384,7 @@ pub unsafe extern "C-unwind" fn ambuild(
 fn build_params(index: pg_sys::Relation) -> akidb_core::hnsw::Params {
     let p = params(index);
     if p.ef_construction < 2 * p.m {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "ef_construction must be greater than or equal to 2 * m"
-        );
+        crate::error::raise_index(IndexError::EfConstructionTooSmall { m: p.m, ef_construction: p.ef_construction });
     }
     p
 }

@@ -10,11 +10,26 @@ use akidb_core::hnsw::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH, PAGE_
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use akidb_core::hnsw::chain;
+use akidb_core::hnsw::error::IndexError;
+
 use super::page::{nblocks, Locked};
+use super::store::MAX_TIDS_HOPS;
+
+/// A copy of page bytes; running out of memory is an ERROR, not an abort.
+fn try_copy(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(bytes.len()).is_err() {
+        crate::error::raise_index(IndexError::OutOfMemory { what: "checking", rows: 0 });
+    }
+    v.extend_from_slice(bytes);
+    v
+}
 
 struct ElementInfo {
     level: u8,
     deleted: bool,
+    state: u8,
     neighbors: Tid,
     next_chunk: Tid,
     more_tids: Tid,
@@ -38,8 +53,9 @@ REVOKE ALL ON FUNCTION akidb_hnsw_info(oid) FROM PUBLIC;
     requires = [akidb_hnsw_check, akidb_hnsw_info]
 );
 
-/// What the index holds: elements, live and deleted ones, heap rows, pages, the top
-/// level, and live elements no search can reach (a crash between writing an element and
+/// What the index holds: elements, live and deleted ones (of which `free`: slots VACUUM
+/// left for inserts to reuse), heap rows, pages, the top level, and live elements no
+/// search can reach (a crash between writing an element and
 /// linking it leaves one; its row was never committed, and VACUUM removes it).
 #[pg_extern(volatile, parallel_unsafe)]
 fn akidb_hnsw_info(
@@ -55,10 +71,11 @@ fn akidb_hnsw_info(
         name!(unreachable, i64),
         name!(top_level, i32),
         name!(pages, i64),
+        name!(free, i64),
     ),
 > {
     let (_, s) = check(index);
-    TableIterator::once((s.elements, s.live, s.deleted, s.heap_tids, s.coded, s.unreachable, s.top_level, s.pages))
+    TableIterator::once((s.elements, s.live, s.deleted, s.heap_tids, s.coded, s.unreachable, s.top_level, s.pages, s.free))
 }
 
 #[derive(Default)]
@@ -72,6 +89,8 @@ struct Stats {
     unreachable: i64,
     top_level: i32,
     pages: i64,
+    /// Slots of deleted elements that inserts may reuse (counted in `deleted` too).
+    free: i64,
 }
 
 fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
@@ -95,7 +114,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     if unsafe { (*(*index).rd_rel).relam != pg_sys::get_am_oid(c"akidb_hnsw".as_ptr(), false) } {
         // SAFETY: as above.
         let name = unsafe { CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }.to_string_lossy();
-        ereport!(ERROR, PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("\"{name}\" is not an akidb_hnsw index"));
+        crate::error::raise_index(IndexError::NotAnAkidbIndex(name.into_owned()));
     }
     let n = nblocks(index);
     stats.pages = n as i64;
@@ -118,6 +137,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     let mut chunks: HashMap<Tid, (usize, Tid)> = HashMap::new();
     let mut tid_tuples: HashMap<Tid, (usize, Tid)> = HashMap::new();
     for block in META_BLOCK + 1..n {
+        pgrx::check_for_interrupts!();
         let b = Locked::read(index, block, false);
         let page = b.page();
         if page.is_new() {
@@ -143,9 +163,15 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                                 problems.push(format!("({block},{off}): a code of {} bytes (scale {}, error {}) for {} dimensions", c.bytes.len(), c.scale, c.err, e.dims));
                             }
                         }
+                        let state = format::element_state(item);
+                        if state > format::STATE_CLAIMED {
+                            problems.push(format!("({block},{off}): unknown element state {state}"));
+                        }
+                        stats.free += (state == format::STATE_FREE) as i64;
                         let info = ElementInfo {
                             level: e.level,
                             deleted: e.deleted,
+                            state,
                             neighbors: e.neighbors,
                             next_chunk: e.next_chunk,
                             more_tids: e.more_tids,
@@ -157,7 +183,7 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                     Err(err) => problems.push(format!("({block},{off}): element: {err}")),
                 },
                 format::KIND_NEIGHBORS => {
-                    neighbor_tuples.insert(tid, item.to_vec());
+                    neighbor_tuples.insert(tid, try_copy(item));
                 }
                 format::KIND_CHUNK => {
                     match format::chunk_values(item) {
@@ -179,42 +205,36 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
     }
     // Vector chunks: each element's chain must add up to its dimensions.
     for (tid, e) in elements.iter_mut() {
-        let mut next = e.next_chunk;
-        let mut hops = 0;
-        while next.is_valid() && hops < 64 {
-            match chunks.get(&next) {
-                Some(&(count, after)) => {
-                    e.values += count;
-                    next = after;
-                }
-                None => {
-                    problems.push(format!("({},{}): vector chunk ({},{}) is missing", tid.block, tid.offset, next.block, next.offset));
-                    break;
-                }
-            }
-            hops += 1;
-        }
-        if e.values != e.dims || e.dims != meta.dims as usize {
+        pgrx::check_for_interrupts!();
+        let limit = format::chunk_count(meta.dims as usize, e.values) as u64;
+        let walked = chain::walk(e.next_chunk, limit, |at| {
+            let &(count, after) = chunks.get(&at).ok_or_else(|| format!("vector chunk ({},{}) is missing", at.block, at.offset))?;
+            e.values += count;
+            Ok::<_, String>(after)
+        });
+        if let Err(err) = walked {
+            problems.push(format!("({},{}): vector chunks: {err}", tid.block, tid.offset));
+        } else if e.values != e.dims || e.dims != meta.dims as usize {
             problems.push(format!("({},{}): holds {} values of {} dimensions (index: {})", tid.block, tid.offset, e.values, e.dims, meta.dims));
         }
     }
     // Heap-tid tuples: each element's chain exists, ends, and shares no tuple with another.
     let mut owner: HashMap<Tid, Tid> = HashMap::new();
     for (tid, e) in &elements {
-        let mut next = e.more_tids;
-        while next.is_valid() {
-            let Some(&(count, after)) = tid_tuples.get(&next) else {
-                problems.push(format!("({},{}): heap-tid tuple ({},{}) is missing", tid.block, tid.offset, next.block, next.offset));
-                break;
-            };
-            if let Some(other) = owner.insert(next, *tid) {
-                problems.push(format!("({},{}): heap-tid tuple ({},{}) is also in the chain of ({},{})", tid.block, tid.offset, next.block, next.offset, other.block, other.offset));
-                break;
+        let walked = chain::walk(e.more_tids, MAX_TIDS_HOPS, |at| {
+            let &(count, after) = tid_tuples.get(&at).ok_or_else(|| format!("heap-tid tuple ({},{}) is missing", at.block, at.offset))?;
+            if let Some(other) = owner.insert(at, *tid) {
+                if other != *tid {
+                    return Err(format!("heap-tid tuple ({},{}) is also in the chain of ({},{})", at.block, at.offset, other.block, other.offset));
+                }
             }
             if !e.deleted {
                 stats.heap_tids += count as i64;
             }
-            next = after;
+            Ok(after)
+        });
+        if let Err(err) = walked {
+            problems.push(format!("({},{}): heap-tid tuples: {err}", tid.block, tid.offset));
         }
     }
     // Neighbour lists: present, of the element's level, pointing at elements.
@@ -228,6 +248,10 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
             problems.push(format!("({},{}): neighbour tuple has level {:?}, element has {}", tid.block, tid.offset, format::neighbors_level(bytes), e.level));
             continue;
         }
+        // A free (or claimed) slot's lists are left as they were: nothing reads them.
+        if e.state == format::STATE_FREE || e.state == format::STATE_CLAIMED {
+            continue;
+        }
         for l in 0..=e.level {
             let mut list = Vec::new();
             if let Err(err) = format::neighbors_on(bytes, m, l, &mut list) {
@@ -237,6 +261,10 @@ fn check(oid: pg_sys::Oid) -> (Vec<String>, Stats) {
                 match elements.get(t) {
                     None => problems.push(format!("({},{}) level {l}: neighbour ({},{}) is not an element", tid.block, tid.offset, t.block, t.offset)),
                     Some(o) if o.level < l => problems.push(format!("({},{}) level {l}: neighbour ({},{}) only reaches level {}", tid.block, tid.offset, t.block, t.offset, o.level)),
+                    // VACUUM frees a slot only once no element links to it.
+                    Some(o) if o.state == format::STATE_FREE || o.state == format::STATE_CLAIMED => {
+                        problems.push(format!("({},{}) level {l}: links to the free slot ({},{})", tid.block, tid.offset, t.block, t.offset))
+                    }
                     _ => {}
                 }
                 if *t == *tid {

@@ -19,6 +19,7 @@ pub mod vacuum;
 
 use std::ffi::CStr;
 
+use akidb_core::hnsw::error::IndexError;
 use akidb_core::hnsw::{Metric, Params};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -38,8 +39,21 @@ struct Options {
 
 static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
 
-/// Registers the reloptions; from `_PG_init`.
+/// Checks that the server's pages are the size the on-disk format is laid out for
+/// (`format::BLOCK_SIZE`, PostgreSQL's default BLCKSZ); registers the reloptions. From
+/// `_PG_init`: a server built with another block size refuses to load akidb.
 pub fn init() {
+    // SAFETY: block_size is a read-only GUC, set at startup; the string is PostgreSQL's.
+    let server = unsafe {
+        let v = pg_sys::GetConfigOption(c"block_size".as_ptr(), true, false);
+        if v.is_null() { None } else { CStr::from_ptr(v).to_str().ok().and_then(|s| s.parse::<usize>().ok()) }
+    };
+    if server.is_some_and(|b| b != akidb_core::hnsw::format::BLOCK_SIZE) || pg_sys::BLCKSZ as usize != akidb_core::hnsw::format::BLOCK_SIZE {
+        crate::error::raise_index(IndexError::BlockSize {
+            server: server.unwrap_or(pg_sys::BLCKSZ as usize),
+            format: akidb_core::hnsw::format::BLOCK_SIZE,
+        });
+    }
     // SAFETY: runs once at library load, on the main thread; the strings are 'static.
     unsafe {
         RELOPT_KIND = pg_sys::add_reloption_kind();
@@ -127,7 +141,7 @@ pub fn metric(index: pg_sys::Relation) -> Metric {
         "vector_negative_inner_product" => Metric::InnerProduct,
         "cosine_distance" => Metric::Cosine,
         "l1_distance" => Metric::L1,
-        other => error!("akidb_hnsw: unsupported distance function {other}"),
+        other => crate::error::raise_index(IndexError::UnsupportedDistance(other.into())),
     }
 }
 
@@ -137,12 +151,7 @@ pub fn dimensions(index: pg_sys::Relation) -> usize {
     let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att) };
     let typmod = desc.get(0).map_or(-1, |a| a.atttypmod);
     if typmod < 1 {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "column does not have dimensions",
-            "Declare the column as vector(n) to index it with akidb_hnsw."
-        );
+        crate::error::raise_index(IndexError::NoDimensions);
     }
     typmod as usize
 }

@@ -2,15 +2,19 @@
 //! the page layout read directly (header, line pointers, items, special space), and
 //! GenericXLog records for every change to an existing page.
 
+use akidb_core::hnsw::error::IndexError;
 use akidb_core::hnsw::format::{self, Meta, Tid, BLOCK_SIZE, META_BLOCK, SPECIAL_SIZE};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 const PAGE_HEADER: usize = 24;
 
-/// A pinned and locked buffer, unlocked and released on drop.
+/// A pinned and locked buffer, unlocked and released on drop. Its page is read through
+/// [`Locked::page`] (a view that cannot outlive the lock) and, when locked exclusively
+/// and not yet WAL-logged (a build's new pages), written through [`Locked::page_mut`].
 pub struct Locked {
     pub buf: pg_sys::Buffer,
+    exclusive: bool,
 }
 
 impl Locked {
@@ -19,7 +23,7 @@ impl Locked {
         unsafe {
             let buf = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
             pg_sys::LockBuffer(buf, if exclusive { pg_sys::BUFFER_LOCK_EXCLUSIVE } else { pg_sys::BUFFER_LOCK_SHARE } as i32);
-            Locked { buf }
+            Locked { buf, exclusive }
         }
     }
 
@@ -41,7 +45,7 @@ impl Locked {
                 b
             };
             pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-            Locked { buf }
+            Locked { buf, exclusive: false }
         }
     }
 
@@ -53,7 +57,7 @@ impl Locked {
             let buf = pg_sys::ReadBufferExtended(rel, fork, pg_sys::InvalidBlockNumber, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
             pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
             pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
-            Locked { buf }
+            Locked { buf, exclusive: true }
         }
     }
 
@@ -62,9 +66,20 @@ impl Locked {
         unsafe { pg_sys::BufferGetBlockNumber(self.buf) }
     }
 
-    pub fn page(&self) -> PageRef {
-        // SAFETY: a pinned, locked buffer's page stays valid while we hold it.
-        PageRef(unsafe { pg_sys::BufferGetPage(self.buf) } as *mut u8)
+    /// The page, for reading while the lock is held.
+    pub fn page(&self) -> Page<'_> {
+        // SAFETY: a pinned, locked buffer's page stays valid, and unchanged by others,
+        // while we hold the lock; the view borrows the lock.
+        Page { ptr: unsafe { pg_sys::BufferGetPage(self.buf) } as *const u8, _lock: std::marker::PhantomData }
+    }
+
+    /// The page, for writing directly (no WAL record): only an exclusively locked page
+    /// that is logged as a whole afterwards (a build's), or initialised as new.
+    pub fn page_mut(&mut self) -> PageMut<'_> {
+        assert!(self.exclusive, "akidb_hnsw: a page written under a share lock");
+        // SAFETY: as above, and nobody else may read or write it while we hold the
+        // exclusive lock; the view borrows the lock mutably.
+        PageMut { ptr: unsafe { pg_sys::BufferGetPage(self.buf) } as *mut u8, _lock: std::marker::PhantomData }
     }
 }
 
@@ -134,9 +149,10 @@ pub struct UpperNode {
 #[derive(Default)]
 pub struct UpperCache {
     /// The relation's file (a REINDEX or TRUNCATE makes a new one), the entry point, its
-    /// level and the insert block when the nodes were read: inserts move the insert
-    /// block every few rows, so new links show within a few inserts.
-    key: (u32, u64, u8, u32),
+    /// level, the insert block and the reuse epoch when the nodes were read: inserts move
+    /// the insert block every few rows, so new links show within a few inserts, and one
+    /// that puts an element in the slot of an upper-level one moves the epoch.
+    key: (u32, u64, u8, u32, u32),
     pub nodes: std::collections::HashMap<u64, UpperNode, std::hash::BuildHasherDefault<super::store::TidHasher>>,
     bytes: usize,
 }
@@ -146,7 +162,7 @@ const MAX_UPPER_BYTES: usize = 8 << 20;
 
 impl UpperCache {
     /// Forgets the nodes if the index changed shape since they were read.
-    pub fn validate(&mut self, key: (u32, u64, u8, u32)) {
+    pub fn validate(&mut self, key: (u32, u64, u8, u32, u32)) {
         if self.key != key {
             self.nodes.clear();
             self.bytes = 0;
@@ -267,96 +283,129 @@ impl Hints {
 impl Drop for Hints {
     fn drop(&mut self) {
         let kept = (std::mem::take(&mut self.buffers), std::mem::take(&mut self.upper));
-        HINTS.with(|h| h.borrow_mut().insert(self.oid, kept));
+        HINTS.with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                h.insert(self.oid, kept);
+            }
+        });
     }
 }
 
-/// A page in memory (a buffer's, or a GenericXLog working copy).
+/// A page to read: a locked buffer's, or a view of a page being written; it cannot
+/// outlive what it borrows, and its items are shared slices.
 #[derive(Clone, Copy)]
-pub struct PageRef(pub *mut u8);
+pub struct Page<'a> {
+    ptr: *const u8,
+    _lock: std::marker::PhantomData<&'a ()>,
+}
 
-impl PageRef {
-    fn u16_at(&self, off: usize) -> u16 {
-        // SAFETY: off is inside the 8 KB page header.
-        unsafe { std::ptr::read_unaligned(self.0.add(off) as *const u16) }
+fn u16_at(ptr: *const u8, off: usize) -> u16 {
+    // SAFETY: off is inside the 8 KB page header.
+    unsafe { std::ptr::read_unaligned(ptr.add(off) as *const u16) }
+}
+
+/// The bytes of item `offset` (1-based) of the page at `ptr`: (start, length), or None for
+/// an unused or out-of-range line pointer.
+fn item_range(ptr: *const u8, offset: u16) -> Option<(usize, usize)> {
+    let max = (u16_at(ptr, 12) as usize).saturating_sub(PAGE_HEADER) / 4;
+    if offset == 0 || offset as usize > max {
+        return None;
     }
+    // SAFETY: the line pointer array lies inside the page (offset <= max_offset).
+    let lp = unsafe { std::ptr::read_unaligned(ptr.add(PAGE_HEADER + 4 * (offset as usize - 1)) as *const u32) };
+    let (off, flags, len) = ((lp & 0x7fff) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
+    (flags == pg_sys::LP_NORMAL && off >= PAGE_HEADER && off + len <= BLOCK_SIZE && len > 0).then_some((off, len))
+}
 
+impl<'a> Page<'a> {
     pub fn is_new(&self) -> bool {
-        self.u16_at(14) == 0 // pd_upper
+        u16_at(self.ptr, 14) == 0 // pd_upper
     }
 
     pub fn max_offset(&self) -> u16 {
-        let lower = self.u16_at(12) as usize;
-        (lower.saturating_sub(PAGE_HEADER) / 4) as u16
+        ((u16_at(self.ptr, 12) as usize).saturating_sub(PAGE_HEADER) / 4) as u16
     }
 
     /// Item `offset` (1-based), or None for an unused or out-of-range line pointer.
-    pub fn item(&self, offset: u16) -> Option<&mut [u8]> {
-        if offset == 0 || offset > self.max_offset() {
-            return None;
-        }
-        // SAFETY: the line pointer array lies inside the page (offset <= max_offset).
-        let lp = unsafe { std::ptr::read_unaligned(self.0.add(PAGE_HEADER + 4 * (offset as usize - 1)) as *const u32) };
-        let (off, flags, len) = ((lp & 0x7fff) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
-        if flags != pg_sys::LP_NORMAL || off + len > BLOCK_SIZE || len == 0 {
-            return None;
-        }
-        // SAFETY: a normal line pointer points inside the page (checked above).
-        Some(unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) })
+    pub fn item(&self, offset: u16) -> Option<&'a [u8]> {
+        let (off, len) = item_range(self.ptr, offset)?;
+        // SAFETY: a normal line pointer's item lies inside the page (checked), which
+        // stays valid and unchanged for 'a.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) })
     }
 
-    pub fn special(&self) -> &[u8] {
-        let special = self.u16_at(16) as usize;
-        let special = special.min(BLOCK_SIZE);
+    pub fn special(&self) -> &'a [u8] {
+        let special = (u16_at(self.ptr, 16) as usize).min(BLOCK_SIZE);
         // SAFETY: pd_special is inside the page.
-        unsafe { std::slice::from_raw_parts(self.0.add(special), BLOCK_SIZE - special) }
+        unsafe { std::slice::from_raw_parts(self.ptr.add(special), BLOCK_SIZE - special) }
     }
 
     pub fn kind(&self) -> Option<u16> {
         format::decode_opaque(self.special())
     }
 
-    /// Initialises an empty akidb page of `kind`.
-    pub fn init(&self, kind: u16) {
-        // SAFETY: a whole page we own exclusively.
-        unsafe {
-            pg_sys::PageInit(self.0 as pg_sys::Page, BLOCK_SIZE, SPECIAL_SIZE);
-            let special = self.u16_at(16) as usize;
-            std::ptr::copy_nonoverlapping(format::encode_opaque(kind).as_ptr(), self.0.add(special), SPECIAL_SIZE);
-        }
-    }
-
     /// Free bytes for one more item (PostgreSQL's PageGetFreeSpace).
     pub fn free_space(&self) -> usize {
-        let (lower, upper) = (self.u16_at(12) as usize, self.u16_at(14) as usize);
+        let (lower, upper) = (u16_at(self.ptr, 12) as usize, u16_at(self.ptr, 14) as usize);
         upper.saturating_sub(lower).saturating_sub(4)
-    }
-
-    /// Appends an item; returns its offset. Errors (never silently drops) if it does not fit.
-    pub fn add(&self, data: &[u8]) -> u16 {
-        // SAFETY: PageAddItemExtended copies `data` into a page we hold exclusively.
-        let off = unsafe {
-            pg_sys::PageAddItemExtended(self.0 as pg_sys::Page, data.as_ptr() as pg_sys::Item, data.len(), pg_sys::InvalidOffsetNumber, 0)
-        };
-        if off == pg_sys::InvalidOffsetNumber {
-            error!("akidb_hnsw: failed to add a {}-byte tuple to an index page", data.len());
-        }
-        off
     }
 
     pub fn meta(&self) -> Result<Meta, format::FormatError> {
         // SAFETY: the metapage contents follow the page header.
-        let bytes = unsafe { std::slice::from_raw_parts(self.0.add(PAGE_HEADER), format::META_SIZE) };
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.add(PAGE_HEADER), format::META_SIZE) };
         Meta::decode(bytes)
     }
+}
 
-    pub fn set_meta(&self, meta: &Meta) {
+/// A page to write: an exclusively locked new page, or a GenericXLog working copy. Only
+/// one item can be borrowed for writing at a time, and none outlives the page.
+pub struct PageMut<'a> {
+    ptr: *mut u8,
+    _lock: std::marker::PhantomData<&'a mut ()>,
+}
+
+impl PageMut<'_> {
+    /// The page as it is now, to read.
+    pub fn view(&self) -> Page<'_> {
+        Page { ptr: self.ptr, _lock: std::marker::PhantomData }
+    }
+
+    /// Item `offset` (1-based) to change in place, or None (see [`Page::item`]).
+    pub fn item_mut(&mut self, offset: u16) -> Option<&mut [u8]> {
+        let (off, len) = item_range(self.ptr, offset)?;
+        // SAFETY: as in Page::item; the borrow of self makes it the only one.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) })
+    }
+
+    /// Initialises an empty akidb page of `kind`.
+    pub fn init(&mut self, kind: u16) {
+        // SAFETY: a whole page we own exclusively.
+        unsafe {
+            pg_sys::PageInit(self.ptr as pg_sys::Page, BLOCK_SIZE, SPECIAL_SIZE);
+            let special = u16_at(self.ptr, 16) as usize;
+            std::ptr::copy_nonoverlapping(format::encode_opaque(kind).as_ptr(), self.ptr.add(special), SPECIAL_SIZE);
+        }
+    }
+
+    /// Appends an item; returns its offset. Errors (never silently drops) if it does not fit.
+    pub fn add(&mut self, data: &[u8]) -> u16 {
+        // SAFETY: PageAddItemExtended copies `data` into a page we hold exclusively.
+        let off = unsafe {
+            pg_sys::PageAddItemExtended(self.ptr as pg_sys::Page, data.as_ptr() as pg_sys::Item, data.len(), pg_sys::InvalidOffsetNumber, 0)
+        };
+        if off == pg_sys::InvalidOffsetNumber {
+            crate::error::raise_index(IndexError::TupleDoesNotFit(data.len()));
+        }
+        off
+    }
+
+    pub fn set_meta(&mut self, meta: &Meta) {
         let bytes = meta.encode();
         // SAFETY: writes the metapage contents and moves pd_lower past them, as
         // PostgreSQL expects of pages whose contents are not items.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.add(PAGE_HEADER), bytes.len());
-            std::ptr::write_unaligned(self.0.add(12) as *mut u16, (PAGE_HEADER + bytes.len()) as u16);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(PAGE_HEADER), bytes.len());
+            std::ptr::write_unaligned(self.ptr.add(12) as *mut u16, (PAGE_HEADER + bytes.len()) as u16);
         }
     }
 }
@@ -372,11 +421,15 @@ impl Wal {
         Wal { state: unsafe { pg_sys::GenericXLogStart(rel) } }
     }
 
-    /// The working copy of `buf`'s page to modify (`fresh`: the page is rewritten whole).
-    pub fn page(&mut self, buf: &Locked, fresh: bool) -> PageRef {
+    /// The working copy of `buf`'s page to modify (`fresh`: the page is rewritten whole);
+    /// it lives as long as this record is being made.
+    pub fn page(&mut self, buf: &Locked, fresh: bool) -> PageMut<'_> {
+        assert!(buf.exclusive, "akidb_hnsw: a WAL record for a page under a share lock");
         let flags = if fresh { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 };
-        // SAFETY: buf is exclusively locked by us for the life of this record.
-        PageRef(unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, buf.buf, flags) } as *mut u8)
+        // SAFETY: buf is exclusively locked by us for the life of this record; the working
+        // copy belongs to the record (freed by finish or abort, after this borrow ends).
+        let ptr = unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, buf.buf, flags) } as *mut u8;
+        PageMut { ptr, _lock: std::marker::PhantomData }
     }
 
     pub fn finish(mut self) {
@@ -399,9 +452,7 @@ pub fn read_meta(rel: pg_sys::Relation) -> Meta {
     let b = Locked::read(rel, META_BLOCK, false);
     match b.page().meta() {
         Ok(m) => m,
-        Err(e) => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("akidb_hnsw index: {e}"));
-        }
+        Err(e) => crate::error::raise_index(IndexError::Corrupted(format!("metapage: {e}"))),
     }
 }
 
@@ -410,8 +461,8 @@ pub fn read_meta(rel: pg_sys::Relation) -> Meta {
 pub fn update_meta(rel: pg_sys::Relation, change: impl FnOnce(&mut Meta) -> bool) {
     let b = Locked::read(rel, META_BLOCK, true);
     let mut wal = Wal::start(rel);
-    let page = wal.page(&b, false);
-    if let Ok(mut meta) = page.meta() {
+    let mut page = wal.page(&b, false);
+    if let Ok(mut meta) = page.view().meta() {
         if change(&mut meta) {
             page.set_meta(&meta);
             wal.finish();

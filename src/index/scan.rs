@@ -8,6 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
 
+use akidb_core::hnsw::error::IndexError;
 use akidb_core::hnsw::format::{Meta, Tid};
 use akidb_core::hnsw::search::{knn, NodeId};
 use pgrx::pg_sys;
@@ -61,12 +62,50 @@ impl Ord for OrderedF32 {
     }
 }
 
+/// A scan's state, owned by the memory context the scan was begun in (the query's): a
+/// reset callback there drops it when the query ends in an ERROR or a cancel, which never
+/// reaches amendscan. amendscan drops it first on a normal end and leaves the callback
+/// nothing to do.
+#[repr(C)]
+struct ScanSlot {
+    callback: pg_sys::MemoryContextCallback,
+    state: *mut ScanState,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn drop_scan_state(arg: *mut std::ffi::c_void) {
+    // SAFETY: arg is the ScanSlot registered in ambeginscan, alive until its context
+    // is reset (now); its state is null once amendscan dropped it.
+    unsafe {
+        let slot = arg as *mut ScanSlot;
+        let state = std::mem::replace(&mut (*slot).state, std::ptr::null_mut());
+        if !state.is_null() {
+            drop(Box::from_raw(state));
+        }
+    }
+}
+
+/// The scan's state (made in ambeginscan).
+///
+/// # Safety
+/// `scan` is a scan begun by [`ambeginscan`] and not yet ended.
+unsafe fn state<'a>(scan: pg_sys::IndexScanDesc) -> &'a mut ScanState {
+    // SAFETY: opaque is the ScanSlot of ambeginscan, whose state lives until amendscan.
+    unsafe { &mut *(*((*scan).opaque as *mut ScanSlot)).state }
+}
+
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
-    // SAFETY: PostgreSQL's generic scan descriptor; our state hangs off `opaque`.
+    // SAFETY: PostgreSQL's generic scan descriptor; our state hangs off `opaque`, in a
+    // slot allocated in the same (current) memory context, which calls back when reset.
     unsafe {
         let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-        (*scan).opaque = Box::into_raw(Box::<ScanState>::default()) as *mut std::ffi::c_void;
+        let slot = pg_sys::palloc0(std::mem::size_of::<ScanSlot>()) as *mut ScanSlot;
+        (*slot).state = Box::into_raw(Box::<ScanState>::default());
+        (*slot).callback.func = Some(drop_scan_state);
+        (*slot).callback.arg = slot as *mut std::ffi::c_void;
+        pg_sys::MemoryContextRegisterResetCallback(pg_sys::CurrentMemoryContext, &mut (*slot).callback);
+        (*scan).opaque = slot as *mut std::ffi::c_void;
         scan
     }
 }
@@ -84,7 +123,7 @@ pub unsafe extern "C-unwind" fn amrescan(
         if !orderbys.is_null() && norderbys > 0 {
             std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
         }
-        *((*scan).opaque as *mut ScanState) = ScanState::default();
+        *state(scan) = ScanState::default();
     }
 }
 
@@ -186,20 +225,15 @@ fn queue_next(st: &mut ScanState) -> bool {
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg_sys::ScanDirection::Type) -> bool {
-    // SAFETY: opaque is our ScanState; orderByData[0] holds the query after amrescan.
-    let (index, st) = unsafe { ((*scan).indexRelation, &mut *((*scan).opaque as *mut ScanState)) };
+    // SAFETY: a scan begun by ambeginscan; orderByData[0] holds the query after amrescan.
+    let (index, st) = unsafe { ((*scan).indexRelation, state(scan)) };
     if !st.started {
         // The planner never picks a path without exactly one ORDER BY (amcostestimate);
         // anything else reaching here is refused, never read.
         // SAFETY: the scan descriptor PostgreSQL made in ambeginscan.
         let (norderbys, want_itup) = unsafe { ((*scan).numberOfOrderBys, (*scan).xs_want_itup) };
         if norderbys != 1 || unsafe { (*scan).orderByData.is_null() } || want_itup {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "an akidb_hnsw index can only be scanned by ORDER BY column <operator> value",
-                "It answers nearest-neighbour queries with one ORDER BY distance and returns no columns."
-            );
+            crate::error::raise_index(IndexError::UnsupportedScan);
         }
         st.started = true;
         let meta = read_meta(index);
@@ -210,11 +244,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
             prepared_vector(key.sk_argument, meta.metric).unwrap_or_else(|| vec![0.0; meta.dims as usize])
         };
         if st.query.len() != meta.dims as usize {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                format!("different vector dimensions {} and {}", st.query.len(), meta.dims)
-            );
+            crate::error::raise_index(IndexError::QueryDims { query: st.query.len(), index: meta.dims as usize });
         }
         st.ef = settings::HNSW_EF_SEARCH.get() as usize;
         count_search(scan);
@@ -250,12 +280,11 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _dir: pg
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
-    // SAFETY: opaque was made by Box::into_raw in ambeginscan.
+    // SAFETY: opaque is the ScanSlot of ambeginscan; its callback then finds it empty.
     unsafe {
-        let p = (*scan).opaque as *mut ScanState;
-        if !p.is_null() {
-            drop(Box::from_raw(p));
-            (*scan).opaque = std::ptr::null_mut();
+        let slot = (*scan).opaque as *mut ScanSlot;
+        if !slot.is_null() {
+            drop_scan_state(slot as *mut std::ffi::c_void);
         }
     }
 }

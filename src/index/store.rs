@@ -11,7 +11,6 @@ use akidb_core::hnsw::format::{self, Element, ElementHead, Tid};
 use akidb_core::hnsw::search::{GraphStore, NodeId};
 use akidb_core::hnsw::Metric;
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use super::page::{Hints, Locked, UpperNode};
 
@@ -70,8 +69,8 @@ pub struct DiskGraph {
     nodes: TidMap<Option<Node>>,
 }
 
-fn corrupted(what: String) -> ! {
-    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("akidb_hnsw index is corrupted: {what}"), "REINDEX the index.");
+pub fn corrupted(what: String) -> ! {
+    crate::error::raise_index(akidb_core::hnsw::error::IndexError::Corrupted(what))
 }
 
 /// The fixed fields of the element tuple `item` at `tid`; an ERROR if it is not one.
@@ -79,29 +78,48 @@ fn element_head(item: &[u8], tid: Tid) -> ElementHead {
     ElementHead::parse(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)))
 }
 
-/// Walks the vector chunks from `next` on, reading each block with `read` and giving
-/// each chunk's values (bytes) to `each`.
-fn walk_chunks(mut next: Tid, mut read: impl FnMut(u32) -> Locked, mut each: impl FnMut(&[u8])) {
-    while next.is_valid() {
-        let b = read(next.block);
+/// Walks a chain of tuples (see [`akidb_core::hnsw::chain`]) that belongs to the element
+/// at `owner`, from `first`, at most `limit` tuples: `visit` reads a link and returns the
+/// one after it (Err: the tuple is missing or not what it should be). A loop, an overlong
+/// chain or a bad link is a corruption ERROR; a long chain checks for interrupts.
+pub fn walk_chain(owner: Tid, what: &str, first: Tid, limit: u64, mut visit: impl FnMut(Tid) -> Result<Tid, String>) -> u64 {
+    let mut steps = 0u32;
+    let walked = akidb_core::hnsw::chain::walk(first, limit, |at| {
+        steps = steps.wrapping_add(1);
+        if steps % 1024 == 0 {
+            pgrx::check_for_interrupts!();
+        }
+        visit(at)
+    });
+    walked.unwrap_or_else(|e| corrupted(format!("the {what} of element ({}, {}): {e}", owner.block, owner.offset)))
+}
+
+/// Walks the vector chunks of the element at `owner` (of `dims` values, `inline` of them
+/// in the element) from `next` on, reading each block with `read` and giving each
+/// chunk's values (bytes) to `each`.
+fn walk_chunks(owner: Tid, dims: usize, inline: usize, next: Tid, mut read: impl FnMut(u32) -> Locked, mut each: impl FnMut(&[u8])) {
+    walk_chain(owner, "vector chunks", next, format::chunk_count(dims, inline) as u64, |at| {
+        let b = read(at.block);
         let page = b.page();
-        let item = page.item(next.offset).unwrap_or_else(|| corrupted(format!("missing vector chunk ({}, {})", next.block, next.offset)));
-        let (values, after) = format::chunk_values(item).unwrap_or_else(|e| corrupted(e.to_string()));
+        let item = page.item(at.offset).ok_or_else(|| format!("missing vector chunk ({}, {})", at.block, at.offset))?;
+        let (values, after) = format::chunk_values(item).map_err(|e| e.to_string())?;
         each(values);
-        next = after;
-    }
+        Ok(after)
+    });
 }
 
 /// Little-endian f32s in page bytes, without a copy when aligned (they always are:
-/// items are MAXALIGNed and the value offsets are multiples of 4).
-fn floats(bytes: &[u8], scratch: &mut Vec<f32>) -> *const [f32] {
+/// items are MAXALIGNed and the value offsets are multiples of 4); else copied into
+/// `scratch`. The result lives no longer than either.
+fn floats<'a>(bytes: &'a [u8], scratch: &'a mut Vec<f32>) -> &'a [f32] {
     if bytes.as_ptr().align_offset(4) == 0 && cfg!(target_endian = "little") {
-        // SAFETY: aligned, in bounds, and any bit pattern is an f32.
-        std::ptr::slice_from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4)
+        // SAFETY: aligned, in bounds, any bit pattern is an f32, and the slice borrows
+        // the bytes.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
     } else {
         scratch.clear();
         scratch.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
-        scratch.as_slice() as *const [f32]
+        scratch.as_slice()
     }
 }
 
@@ -115,7 +133,7 @@ impl DiskGraph {
         if !tid.is_valid() {
             return None;
         }
-        let (mut node, next) = {
+        let (mut node, next, dims) = {
             let b = Locked::read(self.rel, tid.block, false);
             let page = b.page();
             let item = page.item(tid.offset)?;
@@ -131,10 +149,10 @@ impl DiskGraph {
                 vector,
                 neighbor_bytes: nb,
             };
-            (node, header.next_chunk)
+            (node, header.next_chunk, header.dims as usize)
         };
-        let rel = self.rel;
-        walk_chunks(next, |block| Locked::read(rel, block, false), |values| format::push_values(values, &mut node.vector));
+        let (rel, inline) = (self.rel, node.vector.len());
+        walk_chunks(tid, dims, inline, next, |block| Locked::read(rel, block, false), |values| format::push_values(values, &mut node.vector));
         Some(node)
     }
 
@@ -188,8 +206,15 @@ impl GraphStore for DiskGraph {
 }
 
 /// More heap-tid tuples than one element can have (2^16 blocks' worth): a longer chain
-/// is a cycle.
-pub const MAX_TIDS_HOPS: u32 = 1 << 20;
+/// is damage.
+pub const MAX_TIDS_HOPS: u64 = 1 << 20;
+
+/// The rows and the next link of the heap-tid tuple at `at`, on the locked block `b`.
+pub fn read_tids(b: &Locked, at: Tid) -> Result<(Vec<Tid>, Tid), String> {
+    let page = b.page();
+    let item = page.item(at.offset).ok_or_else(|| format!("missing heap-tid tuple ({}, {})", at.block, at.offset))?;
+    format::decode_tids(item).map_err(|e| format!("heap-tid tuple ({}, {}): {e}", at.block, at.offset))
+}
 
 /// How many elements ahead of the one being computed a scan starts loading.
 const LOOKAHEAD: usize = 2;
@@ -222,7 +247,7 @@ impl ScanGraph {
     /// A scan's graph of the index as `meta` (just read) describes it.
     pub fn new(rel: pg_sys::Relation, meta: &format::Meta) -> Self {
         let mut hints = Hints::take(rel);
-        hints.upper.validate((super::page::file_number(rel), meta.entry.node(), meta.entry_level, meta.insert_block));
+        hints.upper.validate((super::page::file_number(rel), meta.entry.node(), meta.entry_level, meta.insert_block, meta.reuse_epoch));
         ScanGraph {
             rel,
             m: meta.m as usize,
@@ -240,7 +265,7 @@ impl ScanGraph {
     }
 
     /// An upper-level node to keep, from its element tuple and its page.
-    fn upper_node(&self, page: &super::page::PageRef, item: &[u8], head: &format::ElementHead) -> Option<UpperNode> {
+    fn upper_node(&self, page: &super::page::Page<'_>, item: &[u8], head: &format::ElementHead) -> Option<UpperNode> {
         let c = format::element_code(item)?;
         if head.level == 0 {
             return None;
@@ -269,7 +294,7 @@ impl ScanGraph {
         if !tid.is_valid() {
             return None;
         }
-        let (deleted, mut more) = {
+        let (deleted, more) = {
             let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
             let page = b.page();
             let item = page.item(tid.offset)?;
@@ -278,18 +303,14 @@ impl ScanGraph {
             (head.deleted, head.more_tids)
         };
         // The rows beyond the first few, in heap-tid tuples (identical vectors).
-        let mut hops = 0u32;
-        while more.is_valid() && !deleted {
-            hops += 1;
-            if hops > MAX_TIDS_HOPS {
-                corrupted(format!("the heap-tid tuples of element ({}, {}) form a cycle", tid.block, tid.offset));
-            }
-            let b = Locked::read_hinted(self.rel, more.block, &mut self.hints);
-            let page = b.page();
-            let item = page.item(more.offset).unwrap_or_else(|| corrupted(format!("missing heap-tid tuple ({}, {})", more.block, more.offset)));
-            let (tids, next) = format::decode_tids(item).unwrap_or_else(|e| corrupted(e.to_string()));
-            rows.extend(tids);
-            more = next;
+        if !deleted {
+            let (rel, hints) = (self.rel, &mut self.hints);
+            walk_chain(tid, "heap-tid tuples", more, MAX_TIDS_HOPS, |at| {
+                let b = Locked::read_hinted(rel, at.block, hints);
+                let (tids, next) = read_tids(&b, at)?;
+                rows.extend(tids);
+                Ok(next)
+            });
         }
         Some(deleted)
     }
@@ -319,18 +340,20 @@ impl ScanGraph {
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
             let head = element_head(item, tid);
-            // SAFETY: `floats` points into the locked page or at `scratch`, both alive here.
-            let v = unsafe { &*floats(format::inline_values(item), &mut self.scratch) };
+            let v = floats(format::inline_values(item), &mut self.scratch);
             let n = v.len().min(query.len());
             (metric.partial(&query[..n], &v[..n]), v.len(), head.next_chunk)
         };
         let (rel, hints, scratch) = (self.rel, &mut self.hints, &mut self.scratch);
+        let inline = done;
         walk_chunks(
+            tid,
+            query.len(),
+            inline,
             next,
             |block| Locked::read_hinted(rel, block, hints),
             |values| {
-                // SAFETY: as above (the chunk's page is locked while `each` runs).
-                let v = unsafe { &*floats(values, scratch) };
+                let v = floats(values, scratch);
                 let end = (done + v.len()).min(query.len());
                 if done < end {
                     sum += metric.partial(&query[done..end], &v[..end - done]);

@@ -16,12 +16,13 @@ use super::insert::{raise_entry, replace_tuple};
 use super::page::{nblocks, read_meta, read_tuple, update_meta, Locked, Wal};
 use super::store::DiskGraph;
 
-/// Every element: (tid, level, deleted, heap tid count in it); and the rows held in
-/// heap-tid tuples.
-fn elements(index: pg_sys::Relation) -> (Vec<(Tid, u8, bool, usize)>, usize) {
+/// Every element: (tid, level, deleted, heap tid count in it, state); and the rows held
+/// in heap-tid tuples.
+fn elements(index: pg_sys::Relation) -> (Vec<(Tid, u8, bool, usize, u8)>, usize) {
     let mut out = Vec::new();
     let mut chained = 0;
     for block in META_BLOCK + 1..nblocks(index) {
+        pgrx::check_for_interrupts!();
         let b = Locked::read(index, block, false);
         let page = b.page();
         if page.kind() != Some(PAGE_GRAPH) {
@@ -31,7 +32,7 @@ fn elements(index: pg_sys::Relation) -> (Vec<(Tid, u8, bool, usize)>, usize) {
             if let Some(item) = page.item(off) {
                 if item.first() == Some(&format::KIND_ELEMENT) {
                     if let Ok(e) = Element::decode_header(item) {
-                        out.push((Tid { block, offset: off }, e.level, e.deleted, e.heap_tids.len()));
+                        out.push((Tid { block, offset: off }, e.level, e.deleted, e.heap_tids.len(), format::element_state(item)));
                     }
                 } else if let Ok((rows, _)) = format::decode_tids(item) {
                     chained += rows.len();
@@ -43,7 +44,7 @@ fn elements(index: pg_sys::Relation) -> (Vec<(Tid, u8, bool, usize)>, usize) {
 }
 
 /// The rows the index holds: those of live elements and those in heap-tid tuples.
-fn live_rows(all: &[(Tid, u8, bool, usize)], chained: usize) -> f64 {
+fn live_rows(all: &[(Tid, u8, bool, usize, u8)], chained: usize) -> f64 {
     (all.iter().filter(|e| !e.2).map(|e| e.3).sum::<usize>() + chained) as f64
 }
 
@@ -61,6 +62,8 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 
     // 1. Mark the elements of dead rows deleted, a page at a time.
     let mut removed = 0.0;
+    // Slots an insert claimed but never filled (it crashed): freed again in step 4.
+    let mut stale_claims: Vec<Tid> = Vec::new();
     for block in META_BLOCK + 1..nblocks(index) {
         super::vacuum_delay();
         let b = Locked::read(index, block, true);
@@ -93,6 +96,9 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
                 continue;
             }
             let Ok(e) = Element::decode_header(item) else { continue };
+            if format::element_state(item) == format::STATE_CLAIMED {
+                stale_claims.push(Tid { block, offset: off });
+            }
             if e.deleted {
                 continue;
             }
@@ -100,7 +106,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             // The element goes only if none of its rows lives on, in it or in its
             // heap-tid tuples, read while this page stays locked (see insert's
             // add_heap_tid for why that is enough).
-            let goes = keep.is_empty() && !more_rows_live(index, block, &page, e.more_tids, &live);
+            let goes = keep.is_empty() && !more_rows_live(index, Tid { block, offset: off }, &page, e.more_tids, &live);
             if keep.len() != e.heap_tids.len() || goes {
                 removed += (e.heap_tids.len() - keep.len()) as f64;
                 changes.push((off, keep, goes));
@@ -108,9 +114,9 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         }
         if !changes.is_empty() || !tid_changes.is_empty() {
             let mut wal = Wal::start(index);
-            let page = wal.page(&b, false);
+            let mut page = wal.page(&b, false);
             for (off, keep, goes) in &changes {
-                if let Some(item) = page.item(*off) {
+                if let Some(item) = page.item_mut(*off) {
                     format::set_heap_tids(item, keep);
                     if *goes {
                         format::set_deleted(item);
@@ -118,7 +124,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
                 }
             }
             for (off, keep) in &tid_changes {
-                if let Some(item) = page.item(*off) {
+                if let Some(item) = page.item_mut(*off) {
                     format::set_tids(item, keep);
                 }
             }
@@ -126,12 +132,23 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         }
     }
 
-    // 2. Repair the links that point at deleted elements.
+    // 2. Wait for the inserts in flight: they may have chosen an element just marked
+    // deleted as a neighbour. Inserts from now on see the marks and never link to one
+    // (and a claim seen in step 1 belongs to an insert that has ended).
+    wait_for_inserts(index);
+
+    // 3. Repair the links that point at deleted elements.
     let (all, chained) = elements(index);
     let deleted: HashSet<Tid> = all.iter().filter(|e| e.2).map(|e| e.0).collect();
     if !deleted.is_empty() {
         repair(index, &all, &deleted);
     }
+
+    // 4. No live element links to the deleted ones now: their slots (element, neighbour
+    // tuple, vector chunks) are free for inserts to reuse.
+    let mut to_free: Vec<Tid> = all.iter().filter(|e| e.4 == format::STATE_DELETED).map(|e| e.0).collect();
+    to_free.extend(stale_claims);
+    free_slots(index, to_free);
     // SAFETY: stats is ours to fill.
     unsafe {
         (*stats).tuples_removed += removed;
@@ -141,38 +158,93 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     stats
 }
 
-/// Whether any row in the heap-tid tuples from `first` on is live; those on `block` are
-/// read from its (locked) `page`, the others with a share lock each.
-fn more_rows_live(index: pg_sys::Relation, block: u32, page: &super::page::PageRef, first: Tid, live: &dyn Fn(&Tid) -> bool) -> bool {
-    let mut next = first;
-    let mut hops = 0;
-    while next.is_valid() && hops < super::store::MAX_TIDS_HOPS {
-        hops += 1;
-        let bytes = if next.block == block {
-            page.item(next.offset).map(|s| s.to_vec())
-        } else {
-            super::page::read_tuple(index, next)
-        };
-        let Some((rows, after)) = bytes.and_then(|b| format::decode_tids(&b).ok()) else { return false };
+/// Whether any row in the heap-tid tuples of the element at `owner` is live; those on
+/// `block` are read from its (locked) `page`, the others with a share lock each. A chain
+/// that cannot be read to its end is a corruption ERROR: an element is never marked
+/// deleted on a guess.
+fn more_rows_live(index: pg_sys::Relation, owner: Tid, page: &super::page::Page<'_>, first: Tid, live: &dyn Fn(&Tid) -> bool) -> bool {
+    let mut any = false;
+    super::store::walk_chain(owner, "heap-tid tuples", first, super::store::MAX_TIDS_HOPS, |at| {
+        let bytes = if at.block == owner.block { page.item(at.offset).map(|s| s.to_vec()) } else { read_tuple(index, at) };
+        let bytes = bytes.ok_or_else(|| format!("missing heap-tid tuple ({}, {})", at.block, at.offset))?;
+        let (rows, after) = format::decode_tids(&bytes).map_err(|e| format!("heap-tid tuple ({}, {}): {e}", at.block, at.offset))?;
         if rows.iter().any(live) {
-            return true;
+            any = true;
+            return Ok(Tid::INVALID);
         }
-        next = after;
-    }
-    false
+        Ok(after)
+    });
+    any
 }
 
-fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &HashSet<Tid>) {
+/// Waits until every insert in flight has ended (each holds the index's insert lock in
+/// share mode; see insert's InsertLock).
+fn wait_for_inserts(index: pg_sys::Relation) {
+    // SAFETY: a heavyweight page lock on the open index, held by nobody else in this
+    // backend; taken and released at once.
+    unsafe {
+        pg_sys::LockPage(index, super::insert::INSERT_LOCK_BLOCK, pg_sys::ExclusiveLock as i32);
+        pg_sys::UnlockPage(index, super::insert::INSERT_LOCK_BLOCK, pg_sys::ExclusiveLock as i32);
+    }
+}
+
+/// Marks the slots free (those still deleted, or still claimed), a page at a time, and
+/// points the metapage's free block at the first of them.
+fn free_slots(index: pg_sys::Relation, mut slots: Vec<Tid>) {
+    slots.sort();
+    let mut first = None;
+    let mut i = 0;
+    while i < slots.len() {
+        super::vacuum_delay();
+        let block = slots[i].block;
+        let end = i + slots[i..].iter().take_while(|t| t.block == block).count();
+        let b = Locked::read(index, block, true);
+        {
+            let mut wal = Wal::start(index);
+            let mut page = wal.page(&b, false);
+            let mut changed = false;
+            for t in &slots[i..end] {
+                if let Some(item) = page.item_mut(t.offset) {
+                    let state = if item.first() == Some(&format::KIND_ELEMENT) { format::element_state(item) } else { format::STATE_LIVE };
+                    if state == format::STATE_DELETED || state == format::STATE_CLAIMED {
+                        format::set_state(item, format::STATE_FREE);
+                        format::set_heap_tids(item, &[]);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                wal.finish();
+                first.get_or_insert(block);
+            }
+        }
+        i = end;
+    }
+    if let Some(first) = first {
+        update_meta(index, |m| {
+            let earlier = m.free_block == META_BLOCK || first < m.free_block;
+            if earlier {
+                m.free_block = first;
+            }
+            earlier
+        });
+    }
+}
+
+fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize, u8)], deleted: &HashSet<Tid>) {
     let meta = read_meta(index);
     let m = meta.m as usize;
     let params = Params { m, ef_construction: meta.ef_construction as usize };
     let metric = meta.metric;
-    for &(tid, _level, is_deleted, _) in all {
+    for &(tid, _level, is_deleted, _, _) in all {
         if is_deleted {
             continue;
         }
         super::vacuum_delay();
-        for _attempt in 0..5 {
+        // Retried until it lands (see insert's Attempts): a repair is never dropped.
+        let mut attempts = super::insert::Attempts::default();
+        loop {
+            attempts.next();
             let mut g = DiskGraph::new(index, m, metric);
             let Some(ntid) = g.node(tid).map(|n| n.neighbors) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
@@ -203,7 +275,7 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize)], deleted: &Has
                 let kept = select_neighbors(&scored, params.max_neighbors(l), params.min_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
                 lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
             }
-            if !changed || replace_tuple(index, ntid, &before, &format::encode_neighbors(own_level, m, &lists)) {
+            if !changed || replace_tuple(index, ntid, &before, &format::encode_neighbors_into(own_level, m, &lists, before.len())) {
                 break;
             }
         }

@@ -1,5 +1,10 @@
 //! aarch64 NEON kernels. NEON is part of the aarch64 baseline (Jetson Thor, Graviton,
 //! Ampere), so no runtime detection is needed.
+//!
+//! A kernel's body is intrinsics and raw loads from start to end, all covered by the one
+//! contract above (and the slice lengths its wrapper checks), so these kernels are the
+//! one place that allows unsafe operations directly in their unsafe fns.
+#![allow(unsafe_op_in_unsafe_fn)]
 
 use super::Kernels;
 use std::arch::aarch64::*;

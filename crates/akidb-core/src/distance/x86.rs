@@ -3,6 +3,11 @@
 //! Each `unsafe fn` carries `#[target_feature]`; the safe wrappers that call them are
 //! only ever placed in a [`Kernels`] table by [`available`] after the CPU was checked
 //! for those features, which is what makes the calls sound.
+//!
+//! A kernel's body is intrinsics and raw loads from start to end, all covered by the one
+//! contract above (and the slice lengths its wrapper checks), so these kernels are the
+//! one place that allows unsafe operations directly in their unsafe fns.
+#![allow(unsafe_op_in_unsafe_fn)]
 
 use super::Kernels;
 use std::arch::x86_64::*;

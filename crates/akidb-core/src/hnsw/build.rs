@@ -264,8 +264,96 @@ fn prune(g: &Shared, node: u32, list: &mut Vec<u32>, level: u8, max: usize) {
     *list = kept.iter().map(|c| c.node as u32).collect();
 }
 
+/// Groups identical vectors (bit for bit) in place: `vectors` (rows of `dims`, flat)
+/// keeps each distinct vector once, in the order of its first row, and the result lists
+/// each one's rows. Needs about 16 bytes a row besides the result (no copy of the
+/// vectors); an allocation that fails is an error, not an abort.
+pub fn dedupe(vectors: &mut Vec<f32>, dims: usize) -> Result<Vec<Vec<u32>>, std::collections::TryReserveError> {
+    let n = if dims == 0 { 0 } else { vectors.len() / dims };
+    let row = |v: &[f32], i: usize| -> u64 {
+        v[i * dims..(i + 1) * dims].iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, x| (h.rotate_left(5) ^ x.to_bits() as u64).wrapping_mul(0x517c_c1b7_2722_0a95))
+    };
+    let mut order: Vec<(u64, u32)> = Vec::new();
+    order.try_reserve_exact(n)?;
+    order.extend((0..n).map(|i| (row(vectors, i), i as u32)));
+    order.sort_unstable();
+    // The first row of each run of equal vectors (a run of equal hashes may hold several).
+    let mut first_of: Vec<u32> = Vec::new();
+    first_of.try_reserve_exact(n)?;
+    first_of.extend(0..n as u32);
+    let same = |a: u32, b: u32| vectors[a as usize * dims..(a as usize + 1) * dims].iter().zip(&vectors[b as usize * dims..(b as usize + 1) * dims]).all(|(x, y)| x.to_bits() == y.to_bits());
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && order[end].0 == order[start].0 {
+            end += 1;
+        }
+        // Within a run (sorted by row), each row joins the first earlier row equal to it.
+        for j in start + 1..end {
+            let r = order[j].1;
+            if let Some(k) = (start..j).find(|&k| first_of[order[k].1 as usize] == order[k].1 && same(order[k].1, r)) {
+                first_of[r as usize] = order[k].1;
+            }
+        }
+        start = end;
+    }
+    drop(order);
+    let mut group_of = first_of; // reused: row -> its group, once groups are numbered
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    for i in 0..n {
+        let f = group_of[i] as usize;
+        if f == i {
+            let g = groups.len();
+            groups.try_reserve(1)?;
+            groups.push(vec![i as u32]);
+            if g != i {
+                vectors.copy_within(i * dims..(i + 1) * dims, g * dims);
+            }
+            group_of[i] = g as u32;
+        } else {
+            // f < i: already numbered.
+            let g = group_of[f] as usize;
+            groups[g].push(i as u32);
+            group_of[i] = g as u32;
+        }
+    }
+    vectors.truncate(groups.len() * dims);
+    Ok(groups)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dedupe_keeps_each_distinct_vector_once_in_order() {
+        let dims = 3;
+        // rows: a b a c b a  (-0.0 and 0.0 differ bit for bit, so they stay apart)
+        let (a, b, c) = ([1.0f32, 2.0, 3.0], [0.0f32, 0.0, 0.0], [-0.0f32, 0.0, 0.0]);
+        let rows = [a, b, a, c, b, a];
+        let mut v: Vec<f32> = rows.iter().flatten().copied().collect();
+        let groups = super::dedupe(&mut v, dims).unwrap();
+        assert_eq!(groups, vec![vec![0, 2, 5], vec![1, 4], vec![3]]);
+        assert_eq!(v, [a, b, c].iter().flatten().copied().collect::<Vec<f32>>());
+        // No duplicates: nothing moves.
+        let mut w: Vec<f32> = (0..300).map(|i| i as f32).collect();
+        let before = w.clone();
+        assert_eq!(super::dedupe(&mut w, 3).unwrap().len(), 100);
+        assert_eq!(w, before);
+        // Many duplicates of a few vectors, shuffled.
+        let mut x = Vec::new();
+        let mut want: Vec<Vec<u32>> = vec![Vec::new(); 7];
+        for i in 0..1000u32 {
+            let g = (i * 7919 % 7) as usize;
+            x.extend([g as f32, 1.0, -(g as f32)]);
+            want[g].push(i);
+        }
+        let got = super::dedupe(&mut x, 3).unwrap();
+        assert_eq!(got.len(), 7);
+        for (k, rows) in got.iter().enumerate() {
+            let g = x[3 * k] as usize;
+            assert_eq!(rows, &want[g]);
+        }
+    }
+
     use super::*;
     use crate::hnsw::search::knn;
     use rand::{Rng, SeedableRng};

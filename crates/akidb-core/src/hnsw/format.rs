@@ -4,10 +4,13 @@
 //! tuples (PostgreSQL pages: header, line pointers, tuples, an 8-byte special space).
 //!
 //! ```text
-//! metapage contents  Meta: magic, version, dims, m, ef_construction, metric, entry point
-//!                    (tid + level), insert hint (last block with room), element count
-//! special space      PageOpaque: page magic 0xAK1D, page kind (meta / graph)
-//! element tuple      kind=1 | level | deleted | heap tid count | up to 10 heap tids (6 each,
+//! metapage contents  Meta: magic "AKH1", version u32, dims u32, m u16, ef_construction
+//!                    u16, metric u8, entry level u8, pad(2), entry point tid (6), pad(2),
+//!                    insert block u32 (last block with room), free block u32 (first
+//!                    block with a reusable element slot, 0: none), reuse epoch u32
+//! special space      page magic u16 0xA41D, page kind u16 (1 meta, 2 graph), pad(4)
+//! element tuple      kind=1 | level | state (0 live, 1 deleted, 2 free, 3 claimed: see
+//!                    [`STATE_LIVE`]) | heap tid count | up to 10 heap tids (6 each,
 //!                    identical vectors share an element) | neighbours tid (6) |
 //!                    next chunk tid (6) | inline count u16 | dims u16 | code length u16 |
 //!                    pad(2) | code min f32 | code scale f32 | code error f32 | more heap
@@ -146,6 +149,12 @@ pub struct Meta {
     pub entry_level: u8,
     /// Where inserts look for room first.
     pub insert_block: u32,
+    /// The first block where VACUUM left a free element slot ([`STATE_FREE`]) for inserts
+    /// to reuse; META_BLOCK when there is none.
+    pub free_block: u32,
+    /// Counts the reuses of slots of upper-level elements (a scan's cache of upper-level
+    /// nodes is valid only while it stays the same).
+    pub reuse_epoch: u32,
 }
 
 pub const META_SIZE: usize = 40;
@@ -185,6 +194,8 @@ impl Meta {
         b[17] = self.entry_level;
         self.entry.put(&mut b[20..26]);
         b[28..32].copy_from_slice(&self.insert_block.to_le_bytes());
+        b[32..36].copy_from_slice(&self.free_block.to_le_bytes());
+        b[36..40].copy_from_slice(&self.reuse_epoch.to_le_bytes());
         b
     }
 
@@ -208,6 +219,8 @@ impl Meta {
             entry_level: b[17],
             entry: Tid::get(&b[20..26]),
             insert_block: u32::from_le_bytes(b[28..32].try_into().unwrap()),
+            free_block: u32::from_le_bytes(b[32..36].try_into().unwrap()),
+            reuse_epoch: u32::from_le_bytes(b[36..40].try_into().unwrap()),
         })
     }
 }
@@ -222,6 +235,51 @@ pub fn encode_opaque(kind: u16) -> [u8; SPECIAL_SIZE] {
 
 pub fn decode_opaque(b: &[u8]) -> Option<u16> {
     (b.len() >= 4 && u16::from_le_bytes([b[0], b[1]]) == PAGE_MAGIC).then(|| u16::from_le_bytes([b[2], b[3]]))
+}
+
+/// An element's state (byte 2 of its tuple). Anything but live is "deleted" to a reader.
+pub const STATE_LIVE: u8 = 0;
+/// Its rows are dead (VACUUM); live elements may still link to it until VACUUM repairs them.
+pub const STATE_DELETED: u8 = 1;
+/// Deleted, and no live element links to it any more (VACUUM repaired them): an insert
+/// may put a new element in its place, with its neighbour tuple and vector chunks.
+pub const STATE_FREE: u8 = 2;
+/// A free slot an insert took and is filling (its chunks first, then the element); a
+/// crash in between leaves it so, and the next VACUUM frees it again.
+pub const STATE_CLAIMED: u8 = 3;
+
+/// The state of an encoded element (parsed with [`ElementHead::parse`] first).
+pub fn element_state(b: &[u8]) -> u8 {
+    b[2]
+}
+
+/// Sets the state of an encoded element, in place.
+pub fn set_state(b: &mut [u8], state: u8) {
+    b[2] = state;
+}
+
+/// Overwrites the values of an encoded chunk in place (same count); false if the count differs.
+pub fn set_chunk_values(b: &mut [u8], values: &[f32]) -> bool {
+    if b.len() < CHUNK_HEADER || u16::from_le_bytes([b[12], b[13]]) as usize != values.len() || b.len() < CHUNK_HEADER + 4 * values.len() {
+        return false;
+    }
+    for (i, v) in values.iter().enumerate() {
+        b[CHUNK_HEADER + 4 * i..CHUNK_HEADER + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    true
+}
+
+/// Neighbour lists encoded into a tuple of `len` bytes (at least [`neighbors_size`]:
+/// a reused slot of a higher level keeps its size; the extra slots stay INVALID).
+pub fn encode_neighbors_into(level: u8, m: usize, lists: &[Vec<Tid>], len: usize) -> Vec<u8> {
+    let mut b = encode_neighbors(level, m, lists);
+    while b.len() + 6 <= len {
+        let mut t = [0u8; 6];
+        Tid::INVALID.put(&mut t);
+        b.extend_from_slice(&t);
+    }
+    b.resize(len, 0);
+    b
 }
 
 /// An element: one indexed vector and the heap rows that hold it.
@@ -255,6 +313,11 @@ pub fn chunk_sizes(dims: usize, inline: usize) -> Vec<usize> {
         rest -= n;
     }
     out
+}
+
+/// How many chunk tuples hold the values after the first `inline` of `dims`.
+pub fn chunk_count(dims: usize, inline: usize) -> usize {
+    dims.saturating_sub(inline).div_ceil(MAX_CHUNK)
 }
 
 pub fn neighbors_size(level: u8, m: usize) -> usize {
@@ -605,6 +668,8 @@ mod tests {
             entry: Tid { block: 7, offset: 3 },
             entry_level: 4,
             insert_block: 99,
+            free_block: 12,
+            reuse_epoch: 3,
         };
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
         let mut bad = meta.encode();
@@ -651,6 +716,10 @@ mod tests {
             neighbors_on(&nb, 4, l as u8, &mut got).unwrap();
             assert_eq!(&got, want);
         }
+        // A level-0 element in the slot of a level-2 one: same tuple size, level 0 lists.
+        let reused = encode_neighbors_into(0, 4, &lists[..1], nb.len());
+        assert_eq!(reused.len(), nb.len());
+        assert_eq!(all_neighbors(&reused, 4), Some((0, vec![lists[0].clone()])));
         let mut none = Vec::new();
         neighbors_on(&nb, 4, 5, &mut none).unwrap();
         assert!(none.is_empty());
@@ -686,6 +755,7 @@ mod tests {
                     let mut p = PagePlanner::new(1);
                     assert!(p.fits(&[element_size(code, inline), neighbors_size(level, m)]), "m {m} level {level} dims {dims}");
                     let chunks = chunk_sizes(dims, inline);
+                    assert_eq!(chunk_count(dims, inline), chunks.len());
                     let stored = inline + chunks.iter().map(|s| (s - CHUNK_HEADER) / 4).sum::<usize>();
                     assert_eq!(stored, dims);
                     assert!(chunks.iter().all(|&s| s <= MAX_TUPLE));

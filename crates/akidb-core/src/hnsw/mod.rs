@@ -4,6 +4,8 @@
 //! calls into this.
 
 pub mod build;
+pub mod chain;
+pub mod error;
 pub mod cost;
 pub mod format;
 pub mod search;
