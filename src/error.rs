@@ -104,12 +104,14 @@ pub fn index_sqlstate(e: &IndexError) -> PgSqlErrorCode {
 
 /// Raises an index error as a PostgreSQL ERROR (does not return).
 pub fn raise_index(e: IndexError) -> ! {
-    let report = pgrx::pg_sys::panic::ErrorReport::new(index_sqlstate(&e), e.to_string(), "akidb_hnsw");
-    match e.hint() {
-        Some(hint) => report.set_hint(hint),
-        None => report,
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(index_sqlstate(&e), e.to_string(), "akidb_hnsw");
+    if let Some(detail) = e.detail() {
+        report = report.set_detail(detail);
     }
-    .report(pgrx::PgLogLevel::ERROR);
+    if let Some(hint) = e.hint() {
+        report = report.set_hint(hint);
+    }
+    report.report(pgrx::PgLogLevel::ERROR);
     unreachable!("an ERROR does not return");
 }
 

@@ -37,14 +37,21 @@ impl IndexError {
         IndexError::Corrupted(format!("({}, {}): {what}", at.block, at.offset))
     }
 
+    /// Why, where the message alone does not say.
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            IndexError::UnsupportedScan => {
+                Some("It answers nearest-neighbour queries with one ORDER BY distance and returns no columns.")
+            }
+            _ => None,
+        }
+    }
+
     /// What to do about it, if the message alone does not say.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             IndexError::Corrupted(_) => Some("REINDEX the index."),
             IndexError::NoDimensions => Some("Declare the column as vector(n) to index it with akidb_hnsw."),
-            IndexError::UnsupportedScan => {
-                Some("It answers nearest-neighbour queries with one ORDER BY distance and returns no columns.")
-            }
             IndexError::OutOfMemory { .. } => {
                 Some("Lower maintenance_work_mem: rows beyond it are inserted one by one instead of held in memory.")
             }
