@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use akidb_core::hnsw::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
-use akidb_core::hnsw::search::{select_neighbors, Candidate};
+use akidb_core::hnsw::search::{select_neighbors, Candidate, GraphStore};
 use akidb_core::hnsw::Params;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -144,7 +144,11 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         repair(index, &all, &deleted);
     }
 
-    // 4. No live element links to the deleted ones now: their slots (element, neighbour
+    // 4. Deleting elements can leave live ones that no walk reaches (their in-links all
+    // came through deleted ones, or pruning dropped them): link each back in.
+    connect_unreachable(index);
+
+    // 5. No live element links to the deleted ones now: their slots (element, neighbour
     // tuple, vector chunks) are free for inserts to reuse.
     let mut to_free: Vec<Tid> = all.iter().filter(|e| e.4 == format::STATE_DELETED).map(|e| e.0).collect();
     to_free.extend(stale_claims);
@@ -228,6 +232,134 @@ fn free_slots(index: pg_sys::Relation, mut slots: Vec<Tid>) {
             }
             earlier
         });
+    }
+}
+
+/// Links every live element that no level-0 walk from the entry point reaches into the
+/// level-0 list of its nearest reachable element (one with room, else the nearest, which
+/// gives up its farthest link), as the build's last pass does: so recall does not decay
+/// as rows are updated and vacuumed. Reads every page once for the lists (skipped, with
+/// a NOTICE, when they would not fit in maintenance_work_mem); returns how many it linked.
+fn connect_unreachable(index: pg_sys::Relation) -> usize {
+    let meta = read_meta(index);
+    if !meta.entry.is_valid() {
+        return 0;
+    }
+    let (m, metric) = (meta.m as usize, meta.metric);
+    let params = Params { m, ef_construction: meta.ef_construction as usize };
+    let max = params.max_neighbors(0);
+    // SAFETY: a plain GUC read.
+    let budget = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
+    // Every element's level-0 list, by dense number; deleted ones can still be walked.
+    let mut number: std::collections::HashMap<Tid, u32> = Default::default();
+    let mut tids: Vec<Tid> = Vec::new();
+    let mut live: Vec<bool> = Vec::new();
+    let mut lists: Vec<Vec<Tid>> = Vec::new();
+    let mut bytes = 0usize;
+    for block in META_BLOCK + 1..nblocks(index) {
+        super::vacuum_delay();
+        let b = Locked::read(index, block, false);
+        let page = b.page();
+        if page.kind() != Some(PAGE_GRAPH) {
+            continue;
+        }
+        for off in 1..=page.max_offset() {
+            let Some(item) = page.item(off) else { continue };
+            if item.first() != Some(&format::KIND_ELEMENT) {
+                continue;
+            }
+            let state = format::element_state(item);
+            let Ok(head) = format::ElementHead::parse(item) else { continue };
+            if state == format::STATE_FREE || state == format::STATE_CLAIMED || head.neighbors.block != block {
+                continue;
+            }
+            let mut list = Vec::new();
+            if let Some(nb) = page.item(head.neighbors.offset) {
+                let _ = format::neighbors_on(nb, m, 0, &mut list);
+            }
+            bytes += 48 + 6 * list.len();
+            if bytes > budget {
+                ereport!(
+                    NOTICE,
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    "akidb_hnsw: the graph's links do not fit in maintenance_work_mem: unreachable elements were not looked for",
+                    "Raise maintenance_work_mem for VACUUM to keep every element reachable."
+                );
+                return 0;
+            }
+            let tid = Tid { block, offset: off };
+            number.insert(tid, tids.len() as u32);
+            tids.push(tid);
+            live.push(state == format::STATE_LIVE);
+            lists.push(list);
+        }
+    }
+    let Some(&entry) = number.get(&meta.entry) else { return 0 };
+    let mut reach = vec![false; tids.len()];
+    let mark = |from: u32, reach: &mut Vec<bool>, lists: &[Vec<Tid>]| {
+        let mut stack = vec![from];
+        reach[from as usize] = true;
+        while let Some(u) = stack.pop() {
+            for t in &lists[u as usize] {
+                if let Some(&v) = number.get(t) {
+                    if !reach[v as usize] {
+                        reach[v as usize] = true;
+                        stack.push(v);
+                    }
+                }
+            }
+        }
+    };
+    mark(entry, &mut reach, &lists);
+    let mut linked = 0;
+    for u in 0..tids.len() {
+        if reach[u] || !live[u] {
+            continue;
+        }
+        super::vacuum_delay();
+        let mut g = DiskGraph::new(index, m, metric);
+        let Some(v) = g.node(tids[u]).map(|n| n.vector.clone()) else { continue };
+        let start = Candidate { distance: g.distance(&v, meta.entry.node()), node: meta.entry.node() };
+        let mut visited: HashSet<u64> = HashSet::from([start.node]);
+        let found = akidb_core::hnsw::search::search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
+        let reachable: Vec<u32> = found
+            .iter()
+            .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
+            .filter(|&t| reach[t as usize] && live[t as usize] && t as usize != u)
+            .collect();
+        let Some(&target) = reachable.iter().find(|&&t| lists[t as usize].len() < max).or(reachable.first()) else { continue };
+        let Some(list) = link_in(index, &mut g, tids[target as usize], tids[u], max) else { continue };
+        lists[target as usize] = list;
+        linked += 1;
+        mark(u as u32, &mut reach, &lists);
+    }
+    linked
+}
+
+/// Adds `node` to the level-0 list of `target` (when full, in place of its farthest
+/// link); returns the list as written, None if `target` is gone.
+fn link_in(index: pg_sys::Relation, g: &mut DiskGraph, target: Tid, node: Tid, max: usize) -> Option<Vec<Tid>> {
+    let m = g.m;
+    let mut attempts = super::insert::Attempts::default();
+    loop {
+        attempts.next();
+        let ntid = g.node(target).filter(|n| !n.deleted).map(|n| n.neighbors)?;
+        let before = read_tuple(index, ntid)?;
+        let (own_level, mut lists) = format::all_neighbors(&before, m)?;
+        let list = &mut lists[0];
+        if list.contains(&node) {
+            return Some(list.clone());
+        }
+        if list.len() < max {
+            list.push(node);
+        } else {
+            let far = (0..list.len()).max_by(|&a, &b| g.between(target, list[a]).total_cmp(&g.between(target, list[b])))?;
+            list[far] = node;
+        }
+        let after = format::encode_neighbors_into(own_level, m, &lists, before.len());
+        if replace_tuple(index, ntid, &before, &after) {
+            return Some(lists.swap_remove(0));
+        }
     }
 }
 

@@ -594,8 +594,10 @@ def test_vacuum_frees_slots_that_inserts_reuse():
             c.execute("VACUUM churn")
             after = index_info(c, "churn_idx")
             check_clean(c, "churn_idx")
-            # Every old version's element is freed (none kept "deleted" but linked).
+            # Every old version's element is freed (none kept "deleted" but linked), and
+            # no live element is left that a walk from the entry cannot reach.
             assert after["live"] == n and after["free"] == after["deleted"], after
+            assert after["unreachable"] == 0, after
             assert after["free"] >= len(chosen), after
             if k > 0:
                 # This round's new versions went into the slots the last VACUUM freed.
