@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use akidb_core::hnsw::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
-use akidb_core::hnsw::search::{select_neighbors, Candidate, GraphStore};
+use akidb_core::hnsw::search::{search_level, select_neighbors, Candidate, GraphStore};
 use akidb_core::hnsw::Params;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -321,7 +321,7 @@ fn connect_unreachable(index: pg_sys::Relation) -> usize {
         let Some(v) = g.node(tids[u]).map(|n| n.vector.clone()) else { continue };
         let start = Candidate { distance: g.distance(&v, meta.entry.node()), node: meta.entry.node() };
         let mut visited: HashSet<u64> = HashSet::from([start.node]);
-        let found = akidb_core::hnsw::search::search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
+        let found = search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
         let reachable: Vec<u32> = found
             .iter()
             .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
@@ -363,21 +363,31 @@ fn link_in(index: pg_sys::Relation, g: &mut DiskGraph, target: Tid, node: Tid, m
     }
 }
 
+/// Repairs that share one cache of elements read.
+const REPAIR_CACHE_ELEMENTS: usize = 64;
+
 fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize, u8)], deleted: &HashSet<Tid>) {
     let meta = read_meta(index);
     let m = meta.m as usize;
     let params = Params { m, ef_construction: meta.ef_construction as usize };
     let metric = meta.metric;
+    // Elements read for one repair are kept for the next few (neighbourhoods overlap),
+    // then dropped, so the cache stays small.
+    let mut g = DiskGraph::new(index, m, metric);
+    let mut seen = 0usize;
     for &(tid, _level, is_deleted, _, _) in all {
         if is_deleted {
             continue;
         }
         super::vacuum_delay();
+        seen += 1;
+        if seen % REPAIR_CACHE_ELEMENTS == 0 {
+            g = DiskGraph::new(index, m, metric);
+        }
         // Retried until it lands (see insert's Attempts): a repair is never dropped.
         let mut attempts = super::insert::Attempts::default();
         loop {
             attempts.next();
-            let mut g = DiskGraph::new(index, m, metric);
             let Some(ntid) = g.node(tid).map(|n| n.neighbors) else { break };
             let Some(before) = read_tuple(index, ntid) else { break };
             let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { break };
@@ -397,19 +407,38 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize, u8)], deleted: 
                         }
                     }
                 }
-                let scored: Vec<Candidate> = cands
+                let mut scored: Vec<Candidate> = cands
                     .iter()
                     .filter_map(|&t| {
                         g.node(t)?;
                         Some(Candidate { distance: g.between(tid, t), node: t.node() })
                     })
                     .collect();
+                // Then a search on this level from those candidates, as an insert's (as
+                // pgvector's repair does): the neighbourhood of the deleted neighbours
+                // alone is too narrow, and recall decayed with every round of updates.
+                if let Some(v) = g.node(tid).map(|n| n.vector.clone()) {
+                    let mut visited: HashSet<u64> = scored.iter().map(|c| c.node).chain([tid.node()]).collect();
+                    let found = search_level(&mut g, &v, &scored, params.ef_construction, l, &mut visited);
+                    for c in found {
+                        let t = Tid::from_node(c.node);
+                        if t != tid && !deleted.contains(&t) && !cands.contains(&t) && g.node(t).is_some_and(|n| !n.deleted && n.level >= l) {
+                            cands.insert(t);
+                            scored.push(c);
+                        }
+                    }
+                }
                 let kept = select_neighbors(&scored, params.max_neighbors(l), params.min_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
                 lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
             }
-            if !changed || replace_tuple(index, ntid, &before, &format::encode_neighbors_into(own_level, m, &lists, before.len())) {
+            if !changed {
                 break;
             }
+            if replace_tuple(index, ntid, &before, &format::encode_neighbors_into(own_level, m, &lists, before.len())) {
+                break;
+            }
+            // Someone changed the list meanwhile: read it (and its neighbourhood) afresh.
+            g = DiskGraph::new(index, m, metric);
         }
     }
     // The entry point must be live: else the highest live element (or none).
