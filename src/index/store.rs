@@ -67,6 +67,8 @@ pub struct DiskGraph {
     pub m: usize,
     pub metric: Metric,
     nodes: TidMap<Option<Node>>,
+    /// About how much memory the cached elements take.
+    bytes: usize,
 }
 
 pub fn corrupted(what: String) -> ! {
@@ -125,7 +127,7 @@ fn floats<'a>(bytes: &'a [u8], scratch: &'a mut Vec<f32>) -> &'a [f32] {
 
 impl DiskGraph {
     pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        DiskGraph { rel, m, metric, nodes: TidMap::default() }
+        DiskGraph { rel, m, metric, nodes: TidMap::default(), bytes: 0 }
     }
 
     /// The element at `tid` with its whole vector (None if the slot holds no element).
@@ -160,9 +162,15 @@ impl DiskGraph {
     pub fn node(&mut self, tid: Tid) -> Option<&Node> {
         if !self.nodes.contains_key(&tid) {
             let n = self.load(tid);
+            self.bytes += 96 + n.as_ref().map_or(0, |n| 4 * n.vector.len() + n.neighbor_bytes.as_ref().map_or(0, |b| b.len()) + 6 * n.heap_tids.len());
             self.nodes.insert(tid, n);
         }
         self.nodes.get(&tid).and_then(|n| n.as_ref())
+    }
+
+    /// About how much memory the cached elements take.
+    pub fn cached_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The distance between two elements; infinite if either slot holds no element.

@@ -363,25 +363,24 @@ fn link_in(index: pg_sys::Relation, g: &mut DiskGraph, target: Tid, node: Tid, m
     }
 }
 
-/// Repairs that share one cache of elements read.
-const REPAIR_CACHE_ELEMENTS: usize = 64;
-
 fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize, u8)], deleted: &HashSet<Tid>) {
     let meta = read_meta(index);
     let m = meta.m as usize;
     let params = Params { m, ef_construction: meta.ef_construction as usize };
     let metric = meta.metric;
-    // Elements read for one repair are kept for the next few (neighbourhoods overlap),
-    // then dropped, so the cache stays small.
+    // Elements read for one repair are kept for the next ones (each repair's search
+    // reads hundreds, and neighbourhoods overlap), up to half of maintenance_work_mem.
+    // Their lists may go stale as repairs and inserts change them: fine for finding
+    // candidates, and every write compares against the list as it is on the page.
+    // SAFETY: a plain GUC read.
+    let budget = unsafe { pg_sys::maintenance_work_mem } as usize * 512;
     let mut g = DiskGraph::new(index, m, metric);
-    let mut seen = 0usize;
     for &(tid, _level, is_deleted, _, _) in all {
         if is_deleted {
             continue;
         }
         super::vacuum_delay();
-        seen += 1;
-        if seen % REPAIR_CACHE_ELEMENTS == 0 {
+        if g.cached_bytes() > budget {
             g = DiskGraph::new(index, m, metric);
         }
         // Retried until it lands (see insert's Attempts): a repair is never dropped.
