@@ -250,7 +250,7 @@ fn connect_unreachable(index: pg_sys::Relation) -> usize {
     let max = params.max_neighbors(0);
     // SAFETY: a plain GUC read.
     let budget = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
-    // Every element's level-0 list, by dense number; deleted ones can still be walked.
+    // Every live element's level-0 list, by dense number.
     let mut number: std::collections::HashMap<Tid, u32> = Default::default();
     let mut tids: Vec<Tid> = Vec::new();
     let mut live: Vec<bool> = Vec::new();
@@ -270,7 +270,9 @@ fn connect_unreachable(index: pg_sys::Relation) -> usize {
             }
             let state = format::element_state(item);
             let Ok(head) = format::ElementHead::parse(item) else { continue };
-            if state == format::STATE_FREE || state == format::STATE_CLAIMED || head.neighbors.block != block {
+            // Only live elements count: the deleted ones are freed next, and a walk
+            // through them will not be there.
+            if state != format::STATE_LIVE || head.neighbors.block != block {
                 continue;
             }
             let mut list = Vec::new();
@@ -427,7 +429,8 @@ fn repair(index: pg_sys::Relation, all: &[(Tid, u8, bool, usize, u8)], deleted: 
                         }
                     }
                 }
-                let kept = select_neighbors(&scored, params.max_neighbors(l), params.min_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+                // Refilled to full lists, as inserts keep them (see insert_vector).
+                let kept = select_neighbors(&scored, params.max_neighbors(l), params.max_neighbors(l), |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
                 lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
             }
             if !changed {
