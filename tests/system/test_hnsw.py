@@ -569,11 +569,11 @@ def index_info(c, index):
 
 
 def test_vacuum_frees_slots_that_inserts_reuse():
-    """Rounds of UPDATE 20 % + VACUUM: VACUUM frees the deleted elements' slots (element,
+    """Four rounds of UPDATE 20 % + VACUUM: VACUUM frees the deleted elements' slots (element,
     neighbour tuple, vector chunks) once nothing links to them, inserts fill them, and
     the index stays near its built size with its recall, sound after every round."""
     rng = np.random.default_rng(21)
-    n, dims = 4000, 24
+    n, dims = 2500, 24
     base = random_rows(rng, n, dims)
     queries = random_rows(rng, 40, dims)
     with connect() as c:
@@ -585,7 +585,7 @@ def test_vacuum_frees_slots_that_inserts_reuse():
         ids = np.arange(n)
         built = c.execute("SELECT pg_relation_size('churn_idx')").fetchone()[0]
         recall0 = recall(c, "churn", ids, base, queries)
-        for k in range(5):
+        for k in range(4):
             chosen = rng.choice(n, n // 5, replace=False)
             base[chosen] = random_rows(rng, len(chosen), dims)
             with c.cursor() as cur:
@@ -617,14 +617,14 @@ def test_elements_inserted_one_by_one_stay_reachable():
     """Half of the rows inserted one by one into a built index: every element is
     reachable from the entry point on level 0."""
     rng = np.random.default_rng(22)
-    rows = random_rows(rng, 6000, 16)
+    rows = random_rows(rng, 4000, 16)
     with connect() as c:
         c.execute("CREATE TABLE grow (id int PRIMARY KEY, v vector(16))")
-        fill(c, "grow", rows[:3000])
+        fill(c, "grow", rows[:2000])
         c.execute("CREATE INDEX grow_idx ON grow USING akidb_hnsw (v vector_l2_ops)")
         with c.cursor() as cur:
-            cur.executemany("INSERT INTO grow VALUES (%s, %s)", [(3000 + i, vec_text(v)) for i, v in enumerate(rows[3000:])])
+            cur.executemany("INSERT INTO grow VALUES (%s, %s)", [(2000 + i, vec_text(v)) for i, v in enumerate(rows[2000:])])
         check_clean(c, "grow_idx")
         info = index_info(c, "grow_idx")
-        assert info["live"] == 6000 and info["unreachable"] == 0, info
+        assert info["live"] == 4000 and info["unreachable"] == 0, info
         c.execute("DROP TABLE grow")

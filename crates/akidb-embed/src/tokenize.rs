@@ -67,10 +67,18 @@ impl TextEncoder {
         // About four blocks per thread, at most 64 texts each.
         let block = texts.len().div_ceil(threads.max(1) * 4).clamp(1, BLOCK);
         let blocks = texts.len().div_ceil(block);
+        // Long texts take milliseconds each (more in a debug build): the interrupt is
+        // looked at every few texts, not only between blocks.
         let encode_block = |b: usize| -> Result<Vec<Vec<u32>>> {
             texts[b * block..((b + 1) * block).min(texts.len())]
                 .iter()
-                .map(|t| if prefix.is_empty() { self.encode(model, t) } else { self.encode(model, &format!("{prefix}{t}")) })
+                .enumerate()
+                .map(|(i, t)| {
+                    if i % 8 == 7 && interrupt.pending() {
+                        return Err(EmbedError::Cancelled);
+                    }
+                    if prefix.is_empty() { self.encode(model, t) } else { self.encode(model, &format!("{prefix}{t}")) }
+                })
                 .collect()
         };
         let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
