@@ -11,6 +11,7 @@ fuzz="$AKIDB_ROOT/bench/results/tmp/fuzz_text.json"
 mkdir -p "$(dirname "$fuzz")"
 log "fuzzing the vector text parser (${FUZZ_INPUTS:-10000000} inputs)"
 (cd "$AKIDB_ROOT" && cargo run -q --release -p akidb-core --example fuzz_text -- "${FUZZ_INPUTS:-10000000}") | tee "$fuzz"
-export PGBIN
+PGBIN="$(dirname "$(pg_config_for "$v")")"
+export PGBIN AKIDB_RUN
 "$py" "$AKIDB_ROOT/bench/soak/soak.py" --out "$AKIDB_ROOT/bench/results/soak-$(hostname -s)" \
     --minutes "${MINUTES:-10}" --kills "${KILLS:-20}" --fuzz-json "$fuzz" "$@"

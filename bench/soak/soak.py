@@ -217,11 +217,14 @@ def scenario_kill9(cl, kills):
         with cl.connect() as c:
             present = {x[0] for x in c.execute("SELECT id FROM crash WHERE id >= 10000000")}
             out["inserts"]["lost"] += len(committed - present)
-            out["inserts"]["corrupt"] += bool(check(c, "crash_idx"))
+            problems = check(c, "crash_idx")
+            out["inserts"]["corrupt"] += bool(problems)
+            out["inserts"].setdefault("problem_samples", []).extend(problems[:3])
             missing, _ = all_rows_found(c, "crash", limit=200)
-            out["inserts"]["lost"] += missing
+            out["inserts"]["rows_not_found"] = out["inserts"].get("rows_not_found", 0) + missing
         out["inserts"]["kills"] += 1
         out["inserts"]["errors"] += len(load.errors)
+        out["inserts"].setdefault("error_samples", []).extend(load.errors[:2])
     with cl.connect() as c:
         c.execute("CREATE TABLE IF NOT EXISTS build (id int PRIMARY KEY, cat int, v vector(32))")
         c.execute("TRUNCATE build")
@@ -265,9 +268,11 @@ def scenario_kill9(cl, kills):
         th.join()
         cl.start()
         with cl.connect() as c:
-            out["vacuum"]["corrupt"] += bool(check(c, "build_idx"))
+            problems = check(c, "build_idx")
+            out["vacuum"]["corrupt"] += bool(problems)
+            out["vacuum"].setdefault("problem_samples", []).extend(problems[:3])
             missing, _ = all_rows_found(c, "build", limit=200)
-            out["vacuum"]["corrupt"] += missing > 0
+            out["vacuum"]["rows_not_found"] = out["vacuum"].get("rows_not_found", 0) + missing
         out["vacuum"]["kills"] += 1
         out["vacuum"]["missed"] += not hit
         out["vacuum"]["errors"] += len(errors)
