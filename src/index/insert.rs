@@ -99,7 +99,7 @@ pub fn insert_vector(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: 
             entries = found;
         }
     }
-    let element = reuse_slot(index, v, heap_tid, level, &lists).unwrap_or_else(|| write_tuples(index, meta, v, heap_tid, level, &lists));
+    let element = reuse_slot(index, meta, v, heap_tid, level, &lists).unwrap_or_else(|| write_tuples(index, meta, v, heap_tid, level, &lists));
     for (l, list) in lists.iter().enumerate() {
         for &n in list {
             link_back(index, &mut g, n, element, l as u8, &params);
@@ -347,8 +347,9 @@ fn free_slot(page: &super::page::Page<'_>, at: Tid, item: &[u8], layout: Layout)
 
 /// Finds a free slot for an element of `level` from the metapage's free block on, and
 /// claims it; moves the free block past pages that have no free slot at all.
-fn claim_slot(index: pg_sys::Relation, dims: usize, level: u8, m: usize) -> Option<Slot> {
-    let start = read_meta(index).free_block;
+/// `start` is the free block as the insert read the metapage (a stale one only costs a
+/// longer look; the metapage is moved on only if nobody moved it meanwhile).
+fn claim_slot(index: pg_sys::Relation, start: u32, dims: usize, level: u8, m: usize) -> Option<Slot> {
     let n = super::page::nblocks(index);
     if start == META_BLOCK || start >= n {
         return None;
@@ -404,10 +405,9 @@ fn claim_slot(index: pg_sys::Relation, dims: usize, level: u8, m: usize) -> Opti
 /// Puts the new element into a free slot VACUUM left, if one fits: claims it, writes
 /// the vector into the slot's chunks, then the element and its neighbour lists in place
 /// (one WAL record). Returns the element's tid; None if there was no slot (append then).
-fn reuse_slot(index: pg_sys::Relation, v: &[f32], heap_tid: Tid, level: u8, lists: &[Vec<Tid>]) -> Option<Tid> {
-    let meta = read_meta(index);
+fn reuse_slot(index: pg_sys::Relation, meta: &Meta, v: &[f32], heap_tid: Tid, level: u8, lists: &[Vec<Tid>]) -> Option<Tid> {
     let m = meta.m as usize;
-    let slot = claim_slot(index, v.len(), level, m)?;
+    let slot = claim_slot(index, meta.free_block, v.len(), level, m)?;
     let inline = format::inline_count(v.len(), level, m);
     // The values beyond the element's own, chunk by chunk along the slot's chain.
     let mut done = inline;
