@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::page::{read_meta, Locked};
-use super::{dimensions, insert, metric, params, prepared_vector};
+use super::{dimensions, insert, item_tid, metric, params, prepared_vector};
 
 pub const PHASE_LOAD: i64 = 1;
 pub const PHASE_GRAPH: i64 = 2;
@@ -56,13 +56,7 @@ fn out_of_memory(rows: usize) -> ! {
     crate::error::raise_index(IndexError::OutOfMemory { what: "building", rows });
 }
 
-pub fn item_tid(tid: pg_sys::ItemPointer) -> Tid {
-    // SAFETY: a valid heap item pointer.
-    let (block, offset) = pgrx::itemptr::item_pointer_get_both(unsafe { *tid });
-    Tid { block, offset }
-}
-
-pub fn check_dims(expected: usize, got: usize) {
+fn check_dims(expected: usize, got: usize) {
     if expected != got {
         crate::error::raise_index(IndexError::DimMismatch { expected, got });
     }
@@ -312,17 +306,7 @@ fn empty_metapage(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metri
     let mut b = Locked::extend(index, fork);
     let mut page = b.page_mut();
     page.init(PAGE_META);
-    page.set_meta(&Meta {
-        dims: dims as u32,
-        m: params.m as u16,
-        ef_construction: params.ef_construction as u16,
-        metric,
-        entry: Tid::INVALID,
-        entry_level: 0,
-        insert_block: META_BLOCK + 1,
-        free_block: META_BLOCK,
-        reuse_epoch: 0,
-    });
+    page.set_meta(&akidb_core::hnsw::pages::empty_meta(metric, dims, params.m, params.ef_construction));
     b
 }
 

@@ -10,6 +10,7 @@
 //! The on-disk format is `akidb_core::hnsw::format`.
 
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod insert;
 pub mod page;
@@ -20,6 +21,7 @@ pub mod vacuum;
 use std::ffi::CStr;
 
 use akidb_core::hnsw::error::IndexError;
+use akidb_core::hnsw::format::Tid;
 use akidb_core::hnsw::{Metric, Params};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -167,6 +169,13 @@ pub fn vacuum_delay() {
     unsafe {
         pg_sys::vacuum_delay_point(false)
     };
+}
+
+/// A heap item pointer as the format's tid.
+pub fn item_tid(tid: pg_sys::ItemPointer) -> Tid {
+    // SAFETY: a valid heap item pointer.
+    let (block, offset) = pgrx::itemptr::item_pointer_get_both(unsafe { *tid });
+    Tid { block, offset }
 }
 
 /// Reads a vector datum and prepares it for `metric`; None for a vector the index does

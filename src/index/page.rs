@@ -3,11 +3,11 @@
 //! GenericXLog records for every change to an existing page.
 
 use akidb_core::hnsw::error::IndexError;
-use akidb_core::hnsw::format::{self, Meta, Tid, BLOCK_SIZE, META_BLOCK, SPECIAL_SIZE};
+use akidb_core::hnsw::format::{self, Meta, BLOCK_SIZE, META_BLOCK, SPECIAL_SIZE};
+use akidb_core::hnsw::pages::{Change, PageRead, PageWrite, Pages};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
-const PAGE_HEADER: usize = 24;
+pub const PAGE_HEADER: usize = 24;
 
 /// A pinned and locked buffer, unlocked and released on drop. Its page is read through
 /// [`Locked::page`] (a view that cannot outlive the lock) and, when locked exclusively
@@ -27,26 +27,12 @@ impl Locked {
         }
     }
 
-    /// Like [`Locked::read`] (share lock), but first tries the buffer the block was last
-    /// found in (`hints`), which skips the shared buffer-mapping lookup: the hottest
-    /// thing in a scan's profile. PostgreSQL checks the hinted buffer's tag, so a stale
-    /// hint only costs the normal read.
-    pub fn read_hinted(rel: pg_sys::Relation, block: u32, hints: &mut Hints) -> Locked {
-        let hint = hints.get(block);
-        // SAFETY: rel is an open index relation; a hint is a buffer number this backend
-        // got from ReadBufferExtended for this relation (ReadRecentBuffer checks its tag).
-        unsafe {
-            let buf = if hint != 0 && pg_sys::ReadRecentBuffer(locator(rel), pg_sys::ForkNumber::MAIN_FORKNUM, block, hint) {
-                count_hit(rel);
-                hint
-            } else {
-                let b = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
-                hints.set(block, b);
-                b
-            };
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-            Locked { buf, exclusive: false }
-        }
+    /// A buffer this backend pinned and share-locked itself (a scan's hinted read).
+    ///
+    /// # Safety
+    /// `buf` must be pinned and share-locked by this backend, and released by nobody else.
+    pub unsafe fn share_locked(buf: pg_sys::Buffer) -> Locked {
+        Locked { buf, exclusive: false }
     }
 
     /// A new block at the end of the relation's `fork`, locked exclusively, not yet initialised.
@@ -92,7 +78,7 @@ impl Drop for Locked {
 
 /// Counts a block read that found its buffer through a hint, as ReadBuffer counts a hit
 /// (pg_statio_all_indexes.idx_blks_hit, EXPLAIN BUFFERS already sees it).
-fn count_hit(rel: pg_sys::Relation) {
+pub fn count_hit(rel: pg_sys::Relation) {
     // SAFETY: rel is open; pgstat_info is null or this backend's pending counts for it
     // (the read of the metapage, through ReadBuffer, associated it if stats are on).
     unsafe {
@@ -120,175 +106,15 @@ pub fn file_number(rel: pg_sys::Relation) -> u32 {
 }
 
 #[cfg(feature = "pg15")]
-fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileNode {
+pub fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileNode {
     // SAFETY: rel is open.
     unsafe { (*rel).rd_node }
 }
 
 #[cfg(not(feature = "pg15"))]
-fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileLocator {
+pub fn locator(rel: pg_sys::Relation) -> pg_sys::RelFileLocator {
     // SAFETY: rel is open.
     unsafe { (*rel).rd_locator }
-}
-
-/// A node of the levels above 0 as a scan saw it: its code and its lists on levels
-/// 1..=its level. Codes never change in place and a list read a little earlier is still
-/// a valid set of links, so a backend keeps these between scans (a greedy descent reads
-/// the same few hundred nodes for every query) while the index's [`UpperCache::key`]
-/// holds; a relcache invalidation (REINDEX, VACUUM's statistics, DROP) drops them.
-pub struct UpperNode {
-    pub min: f32,
-    pub scale: f32,
-    pub err: f32,
-    pub code: Box<[u8]>,
-    /// Neighbours on level l at [l - 1].
-    pub lists: Vec<Vec<u64>>,
-}
-
-/// The upper-level nodes kept for one index, and what they were read under.
-#[derive(Default)]
-pub struct UpperCache {
-    /// The relation's file (a REINDEX or TRUNCATE makes a new one), the entry point, its
-    /// level, the insert block and the reuse epoch when the nodes were read: inserts move
-    /// the insert block every few rows, so new links show within a few inserts, and one
-    /// that puts an element in the slot of an upper-level one moves the epoch.
-    key: (u32, u64, u8, u32, u32),
-    pub nodes: std::collections::HashMap<u64, UpperNode, std::hash::BuildHasherDefault<super::store::TidHasher>>,
-    bytes: usize,
-}
-
-/// Bytes of upper-level nodes one backend keeps per index.
-const MAX_UPPER_BYTES: usize = 8 << 20;
-
-impl UpperCache {
-    /// Forgets the nodes if the index changed shape since they were read.
-    pub fn validate(&mut self, key: (u32, u64, u8, u32, u32)) {
-        if self.key != key {
-            self.nodes.clear();
-            self.bytes = 0;
-            self.key = key;
-        }
-    }
-
-    pub fn insert(&mut self, node: u64, n: UpperNode) {
-        let size = n.code.len() + n.lists.iter().map(|l| 8 * l.len() + 24).sum::<usize>() + 64;
-        if self.bytes + size <= MAX_UPPER_BYTES {
-            self.bytes += size;
-            self.nodes.insert(node, n);
-        }
-    }
-}
-
-/// Blocks of one index whose buffers are remembered (4 bytes each): 32 GB of index.
-const MAX_HINTS: usize = 1 << 22;
-
-thread_local! {
-    /// Per index (by OID), the buffer each block was last found in, kept by this backend
-    /// from one scan to the next.
-    static HINTS: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, (Vec<pg_sys::Buffer>, UpperCache)>> = Default::default();
-}
-
-/// One index's buffer hints, taken from the backend's table for a scan and put back
-/// when dropped.
-pub struct Hints {
-    oid: pg_sys::Oid,
-    buffers: Vec<pg_sys::Buffer>,
-    /// The upper-level nodes this backend walked through in earlier scans.
-    pub upper: UpperCache,
-}
-
-/// Drops the hints of an index when its relcache entry is invalidated (DROP INDEX,
-/// REINDEX, ...; InvalidOid: all), so the table keeps no entry for a dropped index.
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_hints(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    HINTS.with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            if relid == pg_sys::InvalidOid {
-                h.clear();
-            } else {
-                h.remove(&relid);
-            }
-        }
-    });
-}
-
-thread_local! {
-    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-impl Hints {
-    pub fn take(rel: pg_sys::Relation) -> Hints {
-        if !CALLBACK.get() {
-            // SAFETY: registering a relcache callback is allowed at any time in a backend.
-            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_hints), pg_sys::Datum::from(0)) };
-            CALLBACK.set(true);
-        }
-        // SAFETY: rel is open.
-        let oid = unsafe { (*rel).rd_id };
-        let (buffers, upper) = HINTS.with(|h| h.borrow_mut().remove(&oid)).unwrap_or_default();
-        Hints { oid, buffers, upper }
-    }
-
-    fn get(&self, block: u32) -> pg_sys::Buffer {
-        self.buffers.get(block as usize).copied().unwrap_or(0)
-    }
-
-    fn set(&mut self, block: u32, buf: pg_sys::Buffer) {
-        let i = block as usize;
-        if i < MAX_HINTS {
-            if i >= self.buffers.len() {
-                self.buffers.resize(i + 1, 0);
-            }
-            self.buffers[i] = buf;
-        }
-    }
-
-    /// Starts loading what reading `block` will touch first (its buffer header and the
-    /// start of its page), if the block's buffer is known and shared.
-    pub fn prefetch(&self, block: u32) {
-        let hint = self.get(block);
-        if hint <= 0 {
-            return;
-        }
-        // SAFETY: only addresses are computed (within the shared buffer arrays, as
-        // 0 < hint <= NBuffers); prefetching reads nothing.
-        unsafe {
-            let i = (hint - 1) as usize;
-            akidb_core::distance::prefetch(pg_sys::BufferDescriptors.wrapping_add(i) as *const u8, 64);
-            akidb_core::distance::prefetch((pg_sys::BufferBlocks as *const u8).wrapping_add(i * BLOCK_SIZE), 128);
-        }
-    }
-
-    /// Starts loading the tuple at `tid` (up to `bytes` of it), if its block's buffer is
-    /// known: its line pointer is peeked at without a lock, which is safe for a hint (a
-    /// torn value only misdirects the prefetch; the read that follows takes the lock).
-    pub fn prefetch_tuple(&self, tid: Tid, bytes: usize) {
-        let hint = self.get(tid.block);
-        if hint <= 0 || tid.offset == 0 || tid.offset as usize > (BLOCK_SIZE - PAGE_HEADER) / 4 {
-            return;
-        }
-        // SAFETY: `page` is the start of a shared buffer (0 < hint <= NBuffers) and the
-        // line pointer read stays inside it; the result is only used as a prefetch address.
-        unsafe {
-            let page = (pg_sys::BufferBlocks as *const u8).add((hint - 1) as usize * BLOCK_SIZE);
-            let lp = std::ptr::read_volatile(page.add(PAGE_HEADER + 4 * (tid.offset as usize - 1)) as *const u32);
-            let (off, len) = ((lp & 0x7fff) as usize, (lp >> 17) as usize);
-            if off + len <= BLOCK_SIZE {
-                akidb_core::distance::prefetch(page.wrapping_add(off), len.min(bytes));
-            }
-        }
-    }
-}
-
-impl Drop for Hints {
-    fn drop(&mut self) {
-        let kept = (std::mem::take(&mut self.buffers), std::mem::take(&mut self.upper));
-        HINTS.with(|h| {
-            if let Ok(mut h) = h.try_borrow_mut() {
-                h.insert(self.oid, kept);
-            }
-        });
-    }
 }
 
 /// A page to read: a locked buffer's, or a view of a page being written; it cannot
@@ -389,14 +215,19 @@ impl PageMut<'_> {
 
     /// Appends an item; returns its offset. Errors (never silently drops) if it does not fit.
     pub fn add(&mut self, data: &[u8]) -> u16 {
+        self.try_add(data).unwrap_or_else(|e| crate::error::raise_index(e))
+    }
+
+    /// Appends an item; returns its offset, or an error if it does not fit.
+    pub fn try_add(&mut self, data: &[u8]) -> Result<u16, IndexError> {
         // SAFETY: PageAddItemExtended copies `data` into a page we hold exclusively.
         let off = unsafe {
             pg_sys::PageAddItemExtended(self.ptr as pg_sys::Page, data.as_ptr() as pg_sys::Item, data.len(), pg_sys::InvalidOffsetNumber, 0)
         };
         if off == pg_sys::InvalidOffsetNumber {
-            crate::error::raise_index(IndexError::TupleDoesNotFit(data.len()));
+            return Err(IndexError::TupleDoesNotFit(data.len()));
         }
-        off
+        Ok(off)
     }
 
     pub fn set_meta(&mut self, meta: &Meta) {
@@ -456,28 +287,109 @@ pub fn read_meta(rel: pg_sys::Relation) -> Meta {
     }
 }
 
-/// Changes the metapage under an exclusive lock, in one WAL record: `change` gets the
-/// current contents and returns whether it changed them (nothing is written if not).
-pub fn update_meta(rel: pg_sys::Relation, change: impl FnOnce(&mut Meta) -> bool) {
-    let b = Locked::read(rel, META_BLOCK, true);
-    let mut wal = Wal::start(rel);
-    let mut page = wal.page(&b, false);
-    if let Ok(mut meta) = page.view().meta() {
-        if change(&mut meta) {
-            page.set_meta(&meta);
-            wal.finish();
-        }
-    }
-}
-
 /// The number of blocks in the index's main fork.
 pub fn nblocks(rel: pg_sys::Relation) -> u32 {
     // SAFETY: rel is open.
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
 
-/// Reads a tuple's bytes (copied) under a share lock.
-pub fn read_tuple(rel: pg_sys::Relation, tid: Tid) -> Option<Vec<u8>> {
-    let b = Locked::read(rel, tid.block, false);
-    b.page().item(tid.offset).map(|s| s.to_vec())
+impl PageRead for Page<'_> {
+    fn is_new(&self) -> bool {
+        Page::is_new(self)
+    }
+    fn max_offset(&self) -> u16 {
+        Page::max_offset(self)
+    }
+    fn item(&self, offset: u16) -> Option<&[u8]> {
+        Page::item(self, offset)
+    }
+    fn kind(&self) -> Option<u16> {
+        Page::kind(self)
+    }
+    fn free_space(&self) -> usize {
+        Page::free_space(self)
+    }
+    fn meta(&self) -> Result<Meta, format::FormatError> {
+        Page::meta(self)
+    }
+}
+
+impl PageRead for PageMut<'_> {
+    fn is_new(&self) -> bool {
+        self.view().is_new()
+    }
+    fn max_offset(&self) -> u16 {
+        self.view().max_offset()
+    }
+    fn item(&self, offset: u16) -> Option<&[u8]> {
+        let (off, len) = item_range(self.ptr, offset)?;
+        // SAFETY: as in Page::item; the slice borrows self, so no item_mut meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) })
+    }
+    fn kind(&self) -> Option<u16> {
+        self.view().kind()
+    }
+    fn free_space(&self) -> usize {
+        self.view().free_space()
+    }
+    fn meta(&self) -> Result<Meta, format::FormatError> {
+        self.view().meta()
+    }
+}
+
+impl PageWrite for PageMut<'_> {
+    fn item_mut(&mut self, offset: u16) -> Option<&mut [u8]> {
+        PageMut::item_mut(self, offset)
+    }
+    fn init(&mut self, kind: u16) {
+        PageMut::init(self, kind)
+    }
+    fn add(&mut self, data: &[u8]) -> Result<u16, IndexError> {
+        self.try_add(data)
+    }
+    fn set_meta(&mut self, meta: &Meta) {
+        PageMut::set_meta(self, meta)
+    }
+}
+
+/// The index's pages for the core's algorithms: PostgreSQL's buffers, one locked at a
+/// time, and a GenericXLog record for each change kept.
+pub struct PgPages(pub pg_sys::Relation);
+
+impl Pages for PgPages {
+    fn nblocks(&self) -> u32 {
+        nblocks(self.0)
+    }
+
+    fn read<R>(&self, block: u32, read: impl FnOnce(&dyn PageRead) -> R) -> R {
+        let b = Locked::read(self.0, block, false);
+        read(&b.page())
+    }
+
+    fn write<R>(&self, block: u32, write: impl FnOnce(&mut dyn PageWrite) -> Change<R>) -> R {
+        let b = Locked::read(self.0, block, true);
+        let mut wal = Wal::start(self.0);
+        let mut page = wal.page(&b, false);
+        match write(&mut page) {
+            Change::Keep(r) => {
+                wal.finish();
+                r
+            }
+            // Dropped with the record: the working copy is discarded.
+            Change::Drop(r) => r,
+        }
+    }
+
+    fn extend<R>(&self, write: impl FnOnce(u32, &mut dyn PageWrite) -> R) -> R {
+        let b = Locked::extend(self.0, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let mut wal = Wal::start(self.0);
+        let mut page = wal.page(&b, true);
+        let r = write(b.block(), &mut page);
+        wal.finish();
+        r
+    }
+
+    fn check_for_interrupts(&self) {
+        pgrx::check_for_interrupts!();
+    }
 }

@@ -1,75 +1,19 @@
-//! The graph on disk, as [`GraphStore`] for the core search: elements and neighbour
-//! lists read through the buffer manager, one share-locked buffer at a time. Two kinds:
+//! The graph on disk as a scan reads it, as [`GraphStore`] for the core search: elements
+//! and neighbour lists read through the buffer manager, one share-locked buffer at a time.
 //! [`ScanGraph`] keeps nothing and computes distances on the page (a scan touches each
-//! element once); [`DiskGraph`] caches elements with their vectors for one insert or
-//! VACUUM repair, whose neighbour selection compares candidates with each other.
+//! element once). Inserts and VACUUM's repair read the graph through the core's
+//! [`akidb_core::hnsw::graph::PageGraph`] instead (elements cached with their vectors).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-use akidb_core::hnsw::format::{self, Element, ElementHead, Tid};
+use akidb_core::hnsw::format::{self, ElementHead, Tid};
+pub use akidb_core::hnsw::graph::{TidHasher, TidSet, MAX_TIDS_HOPS};
 use akidb_core::hnsw::search::{GraphStore, NodeId};
 use akidb_core::hnsw::Metric;
 use pgrx::pg_sys;
 
-use super::page::{Hints, Locked, UpperNode};
-
-pub struct Node {
-    pub level: u8,
-    pub deleted: bool,
-    pub heap_tids: Vec<Tid>,
-    pub neighbors: Tid,
-    pub vector: Vec<f32>,
-    /// The neighbour tuple, when it sat on the element's page.
-    neighbor_bytes: Option<Vec<u8>>,
-}
-
-/// A multiplicative hash for item pointers (the default SipHash showed in profiles).
-#[derive(Default)]
-pub struct TidHasher(u64);
-
-impl TidHasher {
-    fn mix(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for TidHasher {
-    fn finish(&self) -> u64 {
-        // The table picks buckets by the low bits, which a product takes from the low
-        // input bits only (an item pointer's offset): fold the high half in.
-        self.0 ^ (self.0 >> 32)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.mix(b as u64);
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.mix(v as u64);
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.mix(v as u64);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.mix(v);
-    }
-}
-
-pub type TidMap<V> = HashMap<Tid, V, BuildHasherDefault<TidHasher>>;
-/// Visited nodes (encoded tids) of one search.
-pub type TidSet = std::collections::HashSet<NodeId, BuildHasherDefault<TidHasher>>;
-
-/// The graph as inserts and VACUUM read it: elements with their vectors (neighbour
-/// selection compares candidates with each other), cached for one insert or repair.
-pub struct DiskGraph {
-    pub rel: pg_sys::Relation,
-    pub m: usize,
-    pub metric: Metric,
-    nodes: TidMap<Option<Node>>,
-    /// About how much memory the cached elements take.
-    bytes: usize,
-}
+use super::cache::{Hints, UpperNode};
+use super::page::Locked;
 
 pub fn corrupted(what: String) -> ! {
     crate::error::raise_index(akidb_core::hnsw::error::IndexError::Corrupted(what))
@@ -84,16 +28,9 @@ fn element_head(item: &[u8], tid: Tid) -> ElementHead {
 /// at `owner`, from `first`, at most `limit` tuples: `visit` reads a link and returns the
 /// one after it (Err: the tuple is missing or not what it should be). A loop, an overlong
 /// chain or a bad link is a corruption ERROR; a long chain checks for interrupts.
-pub fn walk_chain(owner: Tid, what: &str, first: Tid, limit: u64, mut visit: impl FnMut(Tid) -> Result<Tid, String>) -> u64 {
-    let mut steps = 0u32;
-    let walked = akidb_core::hnsw::chain::walk(first, limit, |at| {
-        steps = steps.wrapping_add(1);
-        if steps % 1024 == 0 {
-            pgrx::check_for_interrupts!();
-        }
-        visit(at)
-    });
-    walked.unwrap_or_else(|e| corrupted(format!("the {what} of element ({}, {}): {e}", owner.block, owner.offset)))
+pub fn walk_chain(owner: Tid, what: &str, first: Tid, limit: u64, visit: impl FnMut(Tid) -> Result<Tid, String>) -> u64 {
+    akidb_core::hnsw::graph::walk_chain(&|| { pgrx::check_for_interrupts!() }, owner, what, first, limit, visit)
+        .unwrap_or_else(|e| crate::error::raise_index(e))
 }
 
 /// Walks the vector chunks of the element at `owner` (of `dims` values, `inline` of them
@@ -124,98 +61,6 @@ fn floats<'a>(bytes: &'a [u8], scratch: &'a mut Vec<f32>) -> &'a [f32] {
         scratch.as_slice()
     }
 }
-
-impl DiskGraph {
-    pub fn new(rel: pg_sys::Relation, m: usize, metric: Metric) -> Self {
-        DiskGraph { rel, m, metric, nodes: TidMap::default(), bytes: 0 }
-    }
-
-    /// The element at `tid` with its whole vector (None if the slot holds no element).
-    fn load(&mut self, tid: Tid) -> Option<Node> {
-        if !tid.is_valid() {
-            return None;
-        }
-        let (mut node, next, dims) = {
-            let b = Locked::read(self.rel, tid.block, false);
-            let page = b.page();
-            let item = page.item(tid.offset)?;
-            let header = Element::decode_header(item).unwrap_or_else(|e| corrupted(format!("element ({}, {}): {e}", tid.block, tid.offset)));
-            let mut vector = Vec::with_capacity(header.dims as usize);
-            format::push_values(format::inline_values(item), &mut vector);
-            let nb = (header.neighbors.block == tid.block).then(|| page.item(header.neighbors.offset).map(|s| s.to_vec())).flatten();
-            let node = Node {
-                level: header.level,
-                deleted: header.deleted,
-                heap_tids: header.heap_tids,
-                neighbors: header.neighbors,
-                vector,
-                neighbor_bytes: nb,
-            };
-            (node, header.next_chunk, header.dims as usize)
-        };
-        let (rel, inline) = (self.rel, node.vector.len());
-        walk_chunks(tid, dims, inline, next, |block| Locked::read(rel, block, false), |values| format::push_values(values, &mut node.vector));
-        Some(node)
-    }
-
-    /// The element at `tid` (None if the slot holds no element).
-    pub fn node(&mut self, tid: Tid) -> Option<&Node> {
-        if !self.nodes.contains_key(&tid) {
-            let n = self.load(tid);
-            self.bytes += 96 + n.as_ref().map_or(0, |n| 4 * n.vector.len() + n.neighbor_bytes.as_ref().map_or(0, |b| b.len()) + 6 * n.heap_tids.len());
-            self.nodes.insert(tid, n);
-        }
-        self.nodes.get(&tid).and_then(|n| n.as_ref())
-    }
-
-    /// About how much memory the cached elements take.
-    pub fn cached_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// The distance between two elements; infinite if either slot holds no element.
-    pub fn between(&mut self, a: Tid, b: Tid) -> f32 {
-        self.node(a);
-        self.node(b);
-        match (self.nodes.get(&a).and_then(Option::as_ref), self.nodes.get(&b).and_then(Option::as_ref)) {
-            (Some(x), Some(y)) => self.metric.distance(&x.vector, &y.vector),
-            _ => f32::INFINITY,
-        }
-    }
-
-    /// The neighbours of `tid` on `level`.
-    pub fn neighbor_list(&mut self, tid: Tid, level: u8) -> Vec<Tid> {
-        let m = self.m;
-        let mut out = Vec::new();
-        let Some(n) = self.node(tid) else { return out };
-        let ntid = n.neighbors;
-        if let Some(bytes) = &n.neighbor_bytes {
-            format::neighbors_on(bytes, m, level, &mut out).unwrap_or_else(|e| corrupted(e.to_string()));
-            return out;
-        }
-        let b = Locked::read(self.rel, ntid.block, false);
-        match b.page().item(ntid.offset) {
-            Some(bytes) => format::neighbors_on(bytes, m, level, &mut out).unwrap_or_else(|e| corrupted(e.to_string())),
-            None => corrupted(format!("missing neighbour tuple ({}, {})", ntid.block, ntid.offset)),
-        }
-        out
-    }
-}
-
-impl GraphStore for DiskGraph {
-    fn distance(&mut self, query: &[f32], node: NodeId) -> f32 {
-        let metric = self.metric;
-        self.node(Tid::from_node(node)).map_or(f32::INFINITY, |n| metric.distance(query, &n.vector))
-    }
-
-    fn neighbors(&mut self, node: NodeId, level: u8, out: &mut Vec<NodeId>) {
-        out.extend(self.neighbor_list(Tid::from_node(node), level).into_iter().map(|t| t.node()));
-    }
-}
-
-/// More heap-tid tuples than one element can have (2^16 blocks' worth): a longer chain
-/// is damage.
-pub const MAX_TIDS_HOPS: u64 = 1 << 20;
 
 /// The rows and the next link of the heap-tid tuple at `at`, on the locked block `b`.
 pub fn read_tids(b: &Locked, at: Tid) -> Result<(Vec<Tid>, Tid), String> {
@@ -303,7 +148,7 @@ impl ScanGraph {
             return None;
         }
         let (deleted, more) = {
-            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let b = self.hints.read(self.rel, tid.block);
             let page = b.page();
             let item = page.item(tid.offset)?;
             let head = element_head(item, tid);
@@ -314,7 +159,7 @@ impl ScanGraph {
         if !deleted {
             let (rel, hints) = (self.rel, &mut self.hints);
             walk_chain(tid, "heap-tid tuples", more, MAX_TIDS_HOPS, |at| {
-                let b = Locked::read_hinted(rel, at.block, hints);
+                let b = hints.read(rel, at.block);
                 let (tids, next) = read_tids(&b, at)?;
                 rows.extend(tids);
                 Ok(next)
@@ -344,7 +189,7 @@ impl ScanGraph {
         }
         let metric = self.metric;
         let (mut sum, mut done, next) = {
-            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let b = self.hints.read(self.rel, tid.block);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
             let head = element_head(item, tid);
@@ -359,7 +204,7 @@ impl ScanGraph {
             query.len(),
             inline,
             next,
-            |block| Locked::read_hinted(rel, block, hints),
+            |block| hints.read(rel, block),
             |values| {
                 let v = floats(values, scratch);
                 let end = (done + v.len()).min(query.len());
@@ -399,7 +244,7 @@ impl GraphStore for ScanGraph {
         }
         let mut keep = None;
         let coded = {
-            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let b = self.hints.read(self.rel, tid.block);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return f32::INFINITY };
             let head = element_head(item, tid);
@@ -442,7 +287,7 @@ impl GraphStore for ScanGraph {
         let m = self.m;
         let mut keep = None;
         let ntid = {
-            let b = Locked::read_hinted(self.rel, tid.block, &mut self.hints);
+            let b = self.hints.read(self.rel, tid.block);
             let page = b.page();
             let Some(item) = page.item(tid.offset) else { return };
             let head = element_head(item, tid);
@@ -462,7 +307,7 @@ impl GraphStore for ScanGraph {
             self.hints.upper.insert(node, n);
         }
         if let Some(ntid) = ntid {
-            let b = Locked::read_hinted(self.rel, ntid.block, &mut self.hints);
+            let b = self.hints.read(self.rel, ntid.block);
             let page = b.page();
             let bytes = page.item(ntid.offset).unwrap_or_else(|| corrupted(format!("missing neighbour tuple ({}, {})", ntid.block, ntid.offset)));
             format::neighbors_on(bytes, m, level, &mut self.tids).unwrap_or_else(|e| corrupted(e.to_string()));

@@ -5,10 +5,17 @@
 
 pub mod build;
 pub mod chain;
+pub mod check;
 pub mod error;
 pub mod cost;
 pub mod format;
+pub mod graph;
+pub mod insert;
+pub mod pages;
 pub mod search;
+pub mod vacuum;
+#[cfg(test)]
+mod testing;
 
 use crate::distance::kernels;
 

@@ -1,0 +1,665 @@
+//! VACUUM over [`Pages`], in five steps: mark the elements whose rows are all dead
+//! deleted; wait for the inserts in flight (they may link to one just marked); repair
+//! every live element that links to a deleted one (its list rebuilt from its live
+//! neighbours, theirs and a search, refilled to full with the heuristic) and move the
+//! entry point off a deleted element; link back in any live element no walk reaches;
+//! then free the deleted elements' slots (element, neighbour tuple, vector chunks) for
+//! inserts to reuse. Deleted elements stay readable until then, so concurrent scans and
+//! inserts that still hold their tids read valid tuples.
+
+use std::collections::{HashMap, HashSet};
+
+use super::error::IndexError;
+use super::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
+use super::graph::{walk_chain, PageGraph, MAX_TIDS_HOPS};
+use super::insert::{raise_entry, Attempts};
+use super::pages::{read_meta, read_tuple, replace_tuple, update_meta, Change, PageRead, Pages};
+use super::search::{search_level, select_neighbors, Candidate, GraphStore};
+use super::Params;
+
+/// What VACUUM needs from the server beyond the pages.
+pub trait Host {
+    /// Whether the row `heap_tid` is dead (VACUUM's dead-tuple store holds it).
+    fn is_dead(&self, heap_tid: Tid) -> bool;
+    /// Waits until every insert in flight has ended.
+    fn wait_for_inserts(&self);
+    /// A point to sleep for the cost delay and take a cancel, once per page or element.
+    fn delay(&self);
+    /// Bytes VACUUM may hold (maintenance_work_mem).
+    fn memory(&self) -> usize;
+}
+
+/// What one VACUUM did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// Rows taken out of the index.
+    pub removed: u64,
+    /// Rows the index holds now.
+    pub rows: u64,
+    /// Elements this VACUUM marked deleted (all their rows dead).
+    pub deleted: usize,
+    /// Elements linked back in that no walk reached.
+    pub relinked: usize,
+    /// False if the level-0 links did not fit in [`Host::memory`], so unreachable
+    /// elements were not looked for (the caller tells the user).
+    pub looked_for_unreachable: bool,
+    pub freed: usize,
+}
+
+/// An element as the page scans see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ElementInfo {
+    pub at: Tid,
+    pub level: u8,
+    pub deleted: bool,
+    /// Heap tids in the element itself.
+    pub rows: usize,
+    pub state: u8,
+}
+
+/// Runs `each` over every item of every graph page, a page at a time under its share
+/// lock, with a cancel point per page.
+pub fn each_item<P: Pages + ?Sized>(pages: &P, delay: &dyn Fn(), mut each: impl FnMut(Tid, &[u8], &dyn PageRead)) {
+    for block in META_BLOCK + 1..pages.nblocks() {
+        delay();
+        pages.read(block, |page| {
+            if page.kind() != Some(PAGE_GRAPH) {
+                return;
+            }
+            for off in 1..=page.max_offset() {
+                if let Some(item) = page.item(off) {
+                    each(Tid { block, offset: off }, item, page);
+                }
+            }
+        });
+    }
+}
+
+/// Every element, and the rows held in heap-tid tuples.
+pub fn elements<P: Pages + ?Sized>(pages: &P, delay: &dyn Fn()) -> (Vec<ElementInfo>, usize) {
+    let mut out = Vec::new();
+    let mut chained = 0;
+    each_item(pages, delay, |at, item, _| {
+        if item.first() == Some(&format::KIND_ELEMENT) {
+            if let Ok(e) = Element::decode_header(item) {
+                out.push(ElementInfo { at, level: e.level, deleted: e.deleted, rows: e.heap_tids.len(), state: format::element_state(item) });
+            }
+        } else if let Ok((rows, _)) = format::decode_tids(item) {
+            chained += rows.len();
+        }
+    });
+    (out, chained)
+}
+
+/// The rows the index holds: those of live elements and those in heap-tid tuples.
+pub fn live_rows(all: &[ElementInfo], chained: usize) -> u64 {
+    (all.iter().filter(|e| !e.deleted).map(|e| e.rows).sum::<usize>() + chained) as u64
+}
+
+/// VACUUM's pass over the index (ambulkdelete).
+pub fn bulk_delete<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H) -> Result<Outcome, IndexError> {
+    let mut out = Outcome::default();
+    // Slots an insert claimed but never filled (it crashed): freed again in step 5.
+    let stale_claims = mark_deleted(pages, host, &mut out)?;
+
+    // 2. Inserts in flight may have chosen an element just marked deleted as a
+    // neighbour. Inserts from now on see the marks and never link to one (and a claim
+    // seen in step 1 belongs to an insert that has ended).
+    host.wait_for_inserts();
+
+    // 3. Repair the links that point at deleted elements.
+    let delay = || host.delay();
+    let (all, chained) = elements(pages, &delay);
+    let deleted: HashSet<Tid> = all.iter().filter(|e| e.deleted).map(|e| e.at).collect();
+    if !deleted.is_empty() {
+        repair(pages, host, &all, &deleted)?;
+    }
+
+    // 4. Deleting elements can leave live ones that no walk reaches (their in-links all
+    // came through deleted ones, or pruning dropped them): link each back in.
+    match connect_unreachable(pages, host)? {
+        Some(n) => {
+            out.relinked = n;
+            out.looked_for_unreachable = true;
+        }
+        None => out.looked_for_unreachable = false,
+    }
+
+    // 5. No live element links to the deleted ones now: their slots are free.
+    let mut to_free: Vec<Tid> = all.iter().filter(|e| e.state == format::STATE_DELETED).map(|e| e.at).collect();
+    to_free.extend(stale_claims);
+    out.freed = free_slots(pages, host, to_free)?;
+    out.rows = live_rows(&all, chained);
+    Ok(out)
+}
+
+/// 1. Marks the elements of dead rows deleted and takes dead rows out of elements and
+/// heap-tid tuples, a page at a time; returns the claimed slots seen.
+fn mark_deleted<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, out: &mut Outcome) -> Result<Vec<Tid>, IndexError> {
+    let mut stale_claims = Vec::new();
+    let live = |t: &Tid| !host.is_dead(*t);
+    for block in META_BLOCK + 1..pages.nblocks() {
+        host.delay();
+        let (removed, marked) = pages.write(block, |page| {
+            if page.kind() != Some(PAGE_GRAPH) {
+                return Change::Drop(Ok((0, 0)));
+            }
+            // (offset, the heap tids that stay, whether the element goes) for elements,
+            // and (offset, the heap tids that stay) for heap-tid tuples.
+            let mut changes: Vec<(u16, Vec<Tid>, bool)> = Vec::new();
+            let mut tid_changes: Vec<(u16, Vec<Tid>)> = Vec::new();
+            let mut removed = 0u64;
+            for off in 1..=page.max_offset() {
+                let Some(item) = page.item(off) else { continue };
+                if item.first() == Some(&format::KIND_TIDS) {
+                    let Ok((rows, _)) = format::decode_tids(item) else { continue };
+                    let keep: Vec<Tid> = rows.iter().copied().filter(live).collect();
+                    if keep.len() != rows.len() {
+                        removed += (rows.len() - keep.len()) as u64;
+                        tid_changes.push((off, keep));
+                    }
+                    continue;
+                }
+                if item.first() != Some(&format::KIND_ELEMENT) {
+                    continue;
+                }
+                let Ok(e) = Element::decode_header(item) else { continue };
+                let at = Tid { block, offset: off };
+                if format::element_state(item) == format::STATE_CLAIMED {
+                    stale_claims.push(at);
+                }
+                if e.deleted {
+                    continue;
+                }
+                let keep: Vec<Tid> = e.heap_tids.iter().copied().filter(live).collect();
+                // The element goes only if none of its rows lives on, in it or in its
+                // heap-tid tuples, read while this page stays locked (see insert's
+                // add_heap_tid for why that is enough).
+                let goes = keep.is_empty()
+                    && match more_rows_live(pages, at, page, e.more_tids, &live) {
+                        Ok(any) => !any,
+                        Err(err) => return Change::Drop(Err(err)),
+                    };
+                if keep.len() != e.heap_tids.len() || goes {
+                    removed += (e.heap_tids.len() - keep.len()) as u64;
+                    changes.push((off, keep, goes));
+                }
+            }
+            if changes.is_empty() && tid_changes.is_empty() {
+                return Change::Drop(Ok((0, 0)));
+            }
+            for (off, keep, goes) in &changes {
+                if let Some(item) = page.item_mut(*off) {
+                    format::set_heap_tids(item, keep);
+                    if *goes {
+                        format::set_deleted(item);
+                    }
+                }
+            }
+            for (off, keep) in &tid_changes {
+                if let Some(item) = page.item_mut(*off) {
+                    format::set_tids(item, keep);
+                }
+            }
+            Change::Keep(Ok((removed, changes.iter().filter(|c| c.2).count())))
+        })?;
+        out.removed += removed;
+        out.deleted += marked;
+    }
+    Ok(stale_claims)
+}
+
+/// Whether any row in the heap-tid tuples of the element at `owner` is live; those on
+/// its block are read from its (locked) `page`, the others with a share lock each. A
+/// chain that cannot be read to its end is a corruption error: an element is never
+/// marked deleted on a guess.
+fn more_rows_live<P: Pages + ?Sized>(pages: &P, owner: Tid, page: &dyn PageRead, first: Tid, live: &dyn Fn(&Tid) -> bool) -> Result<bool, IndexError> {
+    let mut any = false;
+    walk_chain(&|| pages.check_for_interrupts(), owner, "heap-tid tuples", first, MAX_TIDS_HOPS, |at| {
+        let bytes = if at.block == owner.block { page.item(at.offset).map(<[u8]>::to_vec) } else { read_tuple(pages, at) };
+        let bytes = bytes.ok_or_else(|| format!("missing heap-tid tuple ({}, {})", at.block, at.offset))?;
+        let (rows, after) = format::decode_tids(&bytes).map_err(|e| format!("heap-tid tuple ({}, {}): {e}", at.block, at.offset))?;
+        if rows.iter().any(live) {
+            any = true;
+            return Ok(Tid::INVALID);
+        }
+        Ok(after)
+    })?;
+    Ok(any)
+}
+
+/// 5. Marks the slots free (those still deleted, or still claimed), a page at a time,
+/// and points the metapage's free block at the first of them; returns how many.
+fn free_slots<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, mut slots: Vec<Tid>) -> Result<usize, IndexError> {
+    slots.sort();
+    let mut first = None;
+    let mut freed = 0;
+    let mut i = 0;
+    while i < slots.len() {
+        host.delay();
+        let block = slots[i].block;
+        let end = i + slots[i..].iter().take_while(|t| t.block == block).count();
+        let n = pages.write(block, |page| {
+            let mut n = 0;
+            for t in &slots[i..end] {
+                if let Some(item) = page.item_mut(t.offset) {
+                    let state = if item.first() == Some(&format::KIND_ELEMENT) { format::element_state(item) } else { format::STATE_LIVE };
+                    if state == format::STATE_DELETED || state == format::STATE_CLAIMED {
+                        format::set_state(item, format::STATE_FREE);
+                        format::set_heap_tids(item, &[]);
+                        n += 1;
+                    }
+                }
+            }
+            if n > 0 {
+                Change::Keep(n)
+            } else {
+                Change::Drop(0)
+            }
+        });
+        if n > 0 {
+            freed += n;
+            first.get_or_insert(block);
+        }
+        i = end;
+    }
+    if let Some(first) = first {
+        update_meta(pages, |m| {
+            let earlier = m.free_block == META_BLOCK || first < m.free_block;
+            if earlier {
+                m.free_block = first;
+            }
+            earlier
+        })?;
+    }
+    Ok(freed)
+}
+
+/// 4. Links every live element that no level-0 walk from the entry point reaches into
+/// the list of a reachable one found by a search for it (one with room, else one that
+/// gives up its farthest link), as the build's last pass does: so recall does not decay
+/// as rows are updated and vacuumed. Reads every page once for the lists; None (nothing
+/// done) when they would not fit in the host's memory; else how many it linked.
+pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H) -> Result<Option<usize>, IndexError> {
+    let meta = read_meta(pages)?;
+    if !meta.entry.is_valid() {
+        return Ok(Some(0));
+    }
+    let (m, metric) = (meta.m as usize, meta.metric);
+    let params = Params { m, ef_construction: meta.ef_construction as usize };
+    let max = params.max_neighbors(0);
+    let budget = host.memory();
+    // Every live element's level-0 list, by dense number.
+    let mut number: HashMap<Tid, u32> = HashMap::new();
+    let mut tids: Vec<Tid> = Vec::new();
+    let mut lists: Vec<Vec<Tid>> = Vec::new();
+    let mut bytes = 0usize;
+    let mut over = false;
+    let delay = || host.delay();
+    each_item(pages, &delay, |at, item, page| {
+        if over || item.first() != Some(&format::KIND_ELEMENT) {
+            return;
+        }
+        let Ok(head) = format::ElementHead::parse(item) else { return };
+        // Only live elements count: the deleted ones are freed next, and a walk
+        // through them will not be there.
+        if format::element_state(item) != format::STATE_LIVE || head.neighbors.block != at.block {
+            return;
+        }
+        let mut list = Vec::new();
+        if let Some(nb) = page.item(head.neighbors.offset) {
+            let _ = format::neighbors_on(nb, m, 0, &mut list);
+        }
+        bytes += 48 + 6 * list.len();
+        if bytes > budget {
+            over = true;
+            return;
+        }
+        number.insert(at, tids.len() as u32);
+        tids.push(at);
+        lists.push(list);
+    });
+    if over {
+        return Ok(None);
+    }
+    let Some(&entry) = number.get(&meta.entry) else { return Ok(Some(0)) };
+    let mut reach = vec![false; tids.len()];
+    let mark = |from: u32, reach: &mut Vec<bool>, lists: &[Vec<Tid>]| {
+        let mut stack = vec![from];
+        reach[from as usize] = true;
+        while let Some(u) = stack.pop() {
+            for t in &lists[u as usize] {
+                if let Some(&v) = number.get(t) {
+                    if !reach[v as usize] {
+                        reach[v as usize] = true;
+                        stack.push(v);
+                    }
+                }
+            }
+        }
+    };
+    mark(entry, &mut reach, &lists);
+    let mut linked = 0;
+    for u in 0..tids.len() {
+        if reach[u] {
+            continue;
+        }
+        host.delay();
+        let mut g = PageGraph::new(pages, m, metric);
+        let Some(v) = g.node(tids[u]).map(|n| n.vector.clone()) else {
+            g.check()?;
+            continue;
+        };
+        let start = Candidate { distance: g.distance(&v, meta.entry.node()), node: meta.entry.node() };
+        let mut visited: HashSet<u64> = HashSet::from([start.node]);
+        let found = search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
+        g.check()?;
+        let reachable: Vec<u32> = found
+            .iter()
+            .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
+            .filter(|&t| reach[t as usize] && t as usize != u)
+            .collect();
+        let Some(&target) = reachable.iter().find(|&&t| lists[t as usize].len() < max).or(reachable.first()) else { continue };
+        let Some(list) = link_in(&mut g, tids[target as usize], tids[u], max)? else { continue };
+        lists[target as usize] = list;
+        linked += 1;
+        mark(u as u32, &mut reach, &lists);
+    }
+    Ok(Some(linked))
+}
+
+/// Adds `node` to the level-0 list of `target` (when full, in place of its farthest
+/// link); returns the list as written, None if `target` is gone.
+fn link_in<P: Pages + ?Sized>(g: &mut PageGraph<'_, P>, target: Tid, node: Tid, max: usize) -> Result<Option<Vec<Tid>>, IndexError> {
+    let (m, pages) = (g.m, g.pages);
+    let mut attempts = Attempts::new(pages);
+    loop {
+        attempts.step()?;
+        let Some(ntid) = g.node(target).filter(|n| !n.deleted).map(|n| n.neighbors) else { return g.check().map(|()| None) };
+        let Some(before) = read_tuple(pages, ntid) else { return Ok(None) };
+        let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { return Ok(None) };
+        let list = &mut lists[0];
+        if list.contains(&node) {
+            return Ok(Some(list.clone()));
+        }
+        if list.len() < max {
+            list.push(node);
+        } else {
+            let far = (0..list.len()).max_by(|&a, &b| g.between(target, list[a]).total_cmp(&g.between(target, list[b])));
+            g.check()?;
+            let Some(far) = far else { return Ok(None) };
+            list[far] = node;
+        }
+        let after = format::encode_neighbors_into(own_level, m, &lists, before.len());
+        if replace_tuple(pages, ntid, &before, &after) {
+            return Ok(Some(lists.swap_remove(0)));
+        }
+    }
+}
+
+/// 3. Rebuilds the lists of every live element that links to a deleted one, and moves
+/// the entry point off a deleted element.
+fn repair<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, all: &[ElementInfo], deleted: &HashSet<Tid>) -> Result<(), IndexError> {
+    let meta = read_meta(pages)?;
+    let m = meta.m as usize;
+    let params = Params { m, ef_construction: meta.ef_construction as usize };
+    let metric = meta.metric;
+    // Elements read for one repair are kept for the next ones (each repair's search
+    // reads hundreds, and neighbourhoods overlap), up to half of the host's memory.
+    // Their lists may go stale as repairs and inserts change them: fine for finding
+    // candidates, and every write compares against the list as it is on the page.
+    let budget = host.memory() / 2;
+    let mut g = PageGraph::new(pages, m, metric);
+    for e in all.iter().filter(|e| !e.deleted) {
+        let tid = e.at;
+        host.delay();
+        if g.cached_bytes() > budget {
+            g = PageGraph::new(pages, m, metric);
+        }
+        // Retried until it lands (see insert's Attempts): a repair is never dropped.
+        let mut attempts = Attempts::new(pages);
+        loop {
+            attempts.step()?;
+            g.check()?;
+            let Some(ntid) = g.node(tid).map(|n| n.neighbors) else { break };
+            let Some(before) = read_tuple(pages, ntid) else { break };
+            let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { break };
+            let mut changed = false;
+            for l in 0..=own_level {
+                let list = &lists[l as usize];
+                if !list.iter().any(|t| deleted.contains(t)) {
+                    continue;
+                }
+                changed = true;
+                // Candidates: the live neighbours, and the live neighbours of the deleted ones.
+                let mut cands: HashSet<Tid> = list.iter().copied().filter(|t| !deleted.contains(t)).collect();
+                for d in list.iter().filter(|t| deleted.contains(t)) {
+                    for t in g.neighbor_list(*d, l) {
+                        if !deleted.contains(&t) && t != tid {
+                            cands.insert(t);
+                        }
+                    }
+                }
+                let mut scored: Vec<Candidate> = cands
+                    .iter()
+                    .filter_map(|&t| {
+                        g.node(t)?;
+                        Some(Candidate { distance: g.between(tid, t), node: t.node() })
+                    })
+                    .collect();
+                // Then a search on this level from those candidates, as an insert's (as
+                // pgvector's repair does): the neighbourhood of the deleted neighbours
+                // alone is too narrow, and recall decayed with every round of updates.
+                if let Some(v) = g.node(tid).map(|n| n.vector.clone()) {
+                    let mut visited: HashSet<u64> = scored.iter().map(|c| c.node).chain([tid.node()]).collect();
+                    let found = search_level(&mut g, &v, &scored, params.ef_construction, l, &mut visited);
+                    for c in found {
+                        let t = Tid::from_node(c.node);
+                        if t != tid && !deleted.contains(&t) && !cands.contains(&t) && g.node(t).is_some_and(|n| !n.deleted && n.level >= l) {
+                            cands.insert(t);
+                            scored.push(c);
+                        }
+                    }
+                }
+                // Refilled to full lists, as inserts keep them.
+                let max = params.max_neighbors(l);
+                let kept = select_neighbors(&scored, max, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+                lists[l as usize] = kept.iter().map(|c| Tid::from_node(c.node)).collect();
+            }
+            g.check()?;
+            if !changed {
+                break;
+            }
+            if replace_tuple(pages, ntid, &before, &format::encode_neighbors_into(own_level, m, &lists, before.len())) {
+                break;
+            }
+            // Someone changed the list meanwhile: read it (and its neighbourhood) afresh.
+            g = PageGraph::new(pages, m, metric);
+        }
+    }
+    // The entry point must be live: else the highest live element (or none).
+    if deleted.contains(&meta.entry) || !meta.entry.is_valid() {
+        let best = all.iter().filter(|e| !e.deleted).max_by_key(|e| e.level);
+        update_meta(pages, |m| {
+            let stale = deleted.contains(&m.entry);
+            if stale {
+                m.entry = best.map_or(Tid::INVALID, |e| e.at);
+                m.entry_level = best.map_or(0, |e| e.level);
+            }
+            stale
+        })?;
+        // An insert that wrote a top-level element after `all` was read, and compared
+        // its level with the old entry's, did not raise the entry: look again, now that
+        // any later insert compares with the new entry.
+        let delay = || host.delay();
+        if let Some(top) = elements(pages, &delay).0.iter().filter(|e| !e.deleted).max_by_key(|e| e.level) {
+            raise_entry(pages, top.at, top.level)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hnsw::pages::{empty_meta, MemPages};
+    use crate::hnsw::testing::{elements as states, links_to_dead, nearest, put, row, unreachable, vectors};
+    use crate::hnsw::{splitmix64, Metric};
+    use parking_lot::{Mutex, RwLock};
+    use std::sync::Arc;
+
+    /// Dead rows in a set; inserts hold `lock` shared, as they hold the insert lock.
+    #[derive(Default)]
+    struct TestHost {
+        dead: Mutex<HashSet<Tid>>,
+        lock: RwLock<()>,
+        memory: usize,
+    }
+
+    impl Host for TestHost {
+        fn is_dead(&self, heap_tid: Tid) -> bool {
+            self.dead.lock().contains(&heap_tid)
+        }
+        fn wait_for_inserts(&self) {
+            drop(self.lock.write());
+        }
+        fn delay(&self) {}
+        fn memory(&self) -> usize {
+            self.memory
+        }
+    }
+
+    fn host() -> TestHost {
+        TestHost { memory: 64 << 20, ..TestHost::default() }
+    }
+
+    /// Rows whose own vector does not find them first.
+    fn missed(pages: &MemPages, rows: &[(usize, Vec<f32>)]) -> usize {
+        rows.iter().filter(|(i, v)| nearest(pages, v, 40) != (0.0, vec![row(*i)])).count()
+    }
+
+    #[test]
+    fn rounds_of_updates_reuse_the_space_and_keep_every_row_found() {
+        let pages = MemPages::new(&empty_meta(Metric::L2, 10, 6, 24));
+        let host = host();
+        let mut rows: Vec<(usize, Vec<f32>)> = vectors(1200, 10, 11).into_iter().enumerate().collect();
+        for (i, v) in &rows {
+            put(&pages, v, *i, splitmix64(*i as u64));
+        }
+        let built = pages.nblocks();
+        let mut next = rows.len();
+        for round in 0..5u64 {
+            // Update a fifth of the rows: the old row dies, a new one comes in.
+            let fresh = vectors(rows.len() / 5, 10, 100 + round);
+            for (k, v) in fresh.into_iter().enumerate() {
+                let slot = (k * 5 + round as usize) % rows.len();
+                host.dead.lock().insert(row(rows[slot].0));
+                put(&pages, &v, next, splitmix64(next as u64));
+                rows[slot] = (next, v);
+                next += 1;
+            }
+            let out = bulk_delete(&pages, &host).unwrap();
+            assert_eq!(out.removed, (rows.len() / 5) as u64, "round {round}");
+            assert_eq!(out.rows, rows.len() as u64, "round {round}");
+            assert_eq!(out.freed, out.deleted, "round {round}: every deleted slot freed");
+            assert!(out.looked_for_unreachable);
+            assert_eq!(unreachable(&pages), 0, "round {round}");
+            assert_eq!(links_to_dead(&pages), 0, "round {round}");
+            assert_eq!(missed(&pages, &rows), 0, "round {round}");
+            host.dead.lock().clear();
+        }
+        // Space is reused: free slots of one round take the next round's rows.
+        assert!(pages.nblocks() <= built + built / 4, "{} pages after 5 rounds, {built} after the inserts", pages.nblocks());
+        let meta = read_meta(&pages).unwrap();
+        assert!(states(&pages).iter().any(|e| e.0 == meta.entry && e.1 == format::STATE_LIVE), "the entry point is live");
+    }
+
+    #[test]
+    fn a_deleted_entry_point_moves_to_a_live_element() {
+        let pages = MemPages::new(&empty_meta(Metric::L2, 4, 4, 8));
+        let host = host();
+        let data = vectors(300, 4, 12);
+        for (i, v) in data.iter().enumerate() {
+            put(&pages, v, i, splitmix64(i as u64));
+        }
+        let entry = read_meta(&pages).unwrap().entry;
+        let g_rows = PageGraph::new(&pages, 4, Metric::L2).node(entry).unwrap().heap_tids.clone();
+        host.dead.lock().extend(g_rows);
+        bulk_delete(&pages, &host).unwrap();
+        let meta = read_meta(&pages).unwrap();
+        assert_ne!(meta.entry, entry);
+        assert_eq!(unreachable(&pages), 0);
+        let top = states(&pages).iter().filter(|e| e.1 == format::STATE_LIVE).map(|e| PageGraph::new(&pages, 4, Metric::L2).node(e.0).unwrap().level).max();
+        assert_eq!(Some(meta.entry_level), top, "the highest live element");
+    }
+
+    #[test]
+    fn vacuum_alongside_inserts_leaves_no_link_to_a_freed_slot() {
+        let pages = Arc::new(MemPages::new(&empty_meta(Metric::L2, 6, 6, 16)));
+        let host = Arc::new(host());
+        let data = vectors(3000, 6, 13);
+        for (i, v) in data.iter().enumerate().take(1500) {
+            put(&pages, v, i, splitmix64(i as u64));
+        }
+        // Half the first rows die; inserts of the rest go on while VACUUM runs.
+        host.dead.lock().extend((0..1500).step_by(2).map(row));
+        let data = Arc::new(data);
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let (pages, host, data) = (pages.clone(), host.clone(), data.clone());
+                std::thread::spawn(move || {
+                    for i in (1500 + t..3000).step_by(3) {
+                        let _insert_lock = host.lock.read();
+                        put(&pages, &data[i], i, splitmix64(i as u64));
+                    }
+                })
+            })
+            .collect();
+        let out = bulk_delete(&*pages, &*host).unwrap();
+        writers.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(out.removed, 750);
+        // A second VACUUM (nothing dead now) finds the graph sound.
+        host.dead.lock().clear();
+        let again = bulk_delete(&*pages, &*host).unwrap();
+        assert_eq!(again.removed, 0);
+        assert_eq!(links_to_dead(&pages), 0);
+        assert_eq!(unreachable(&pages), 0);
+        let live: Vec<(usize, Vec<f32>)> = (0..3000).filter(|i| i >= &1500 || i % 2 == 1).map(|i| (i, data[i].clone())).collect();
+        assert_eq!(again.rows, live.len() as u64);
+        assert_eq!(missed(&pages, &live), 0);
+    }
+
+    #[test]
+    fn links_beyond_the_memory_budget_are_not_walked() {
+        let pages = MemPages::new(&empty_meta(Metric::L2, 4, 4, 8));
+        for (i, v) in vectors(200, 4, 14).iter().enumerate() {
+            put(&pages, v, i, splitmix64(i as u64));
+        }
+        let tight = TestHost { memory: 1000, ..TestHost::default() };
+        assert!(!bulk_delete(&pages, &tight).unwrap().looked_for_unreachable);
+        assert!(bulk_delete(&pages, &host()).unwrap().looked_for_unreachable);
+    }
+
+    #[test]
+    fn a_row_chain_that_cannot_be_read_stops_vacuum() {
+        // An element whose rows go on in a heap-tid tuple that is not there: VACUUM must
+        // not guess that the rows are dead.
+        let pages = MemPages::new(&empty_meta(Metric::L2, 2, 4, 8));
+        let host = host();
+        for i in 0..format::MAX_HEAP_TIDS + 1 {
+            put(&pages, &[1.0, 2.0], i, 3);
+        }
+        let at = states(&pages)[0].0;
+        let mut page = pages.get(at.block);
+        let e = Element::decode_header(page.item(at.offset).unwrap()).unwrap();
+        assert!(e.more_tids.is_valid());
+        use crate::hnsw::pages::PageWrite;
+        format::set_more_tids(page.item_mut(at.offset).unwrap(), Tid { block: at.block, offset: 200 });
+        pages.put(at.block, page);
+        host.dead.lock().extend((0..format::MAX_HEAP_TIDS).map(row));
+        match bulk_delete(&pages, &host) {
+            Err(IndexError::Corrupted(what)) => assert!(what.contains("missing heap-tid tuple"), "{what}"),
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+    }
+}
