@@ -1,7 +1,8 @@
 //! `akidb_hnsw_check(index)`: walks every page of an akidb_hnsw index and reports each
 //! structural problem it finds (no rows: the index is sound), like amcheck; and
-//! `akidb_hnsw_info(index)`. The rules are the core's ([`akidb_core::hnsw::check`]). Both read every page of an index whatever the caller may read,
-//! so, like amcheck's functions, they are revoked from PUBLIC (a superuser may grant them).
+//! `akidb_hnsw_info(index)`. The rules are the core's ([`akidb_core::hnsw::check`]).
+//! Both read every page of an index whatever the caller may read, so, like amcheck's
+//! functions, they are revoked from PUBLIC (a superuser may grant them).
 
 use std::ffi::CStr;
 

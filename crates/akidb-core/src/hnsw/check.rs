@@ -75,69 +75,69 @@ pub fn check<P: Pages + ?Sized>(pages: &P, interrupts: &dyn Fn()) -> Result<(Vec
     for block in META_BLOCK + 1..n {
         interrupts();
         pages.read(block, |page| -> Result<(), IndexError> {
-        if page.is_new() {
-            return Ok(());
-        }
-        if page.kind() != Some(PAGE_GRAPH) {
-            problems.push(format!("block {block}: not an akidb_hnsw graph page"));
-            return Ok(());
-        }
-        for off in 1..=page.max_offset() {
-            let tid = Tid { block, offset: off };
-            let Some(item) = page.item(off) else {
-                problems.push(format!("({block},{off}): unused line pointer"));
-                continue;
-            };
-            match item[0] {
-                format::KIND_ELEMENT => match Element::decode_header(item) {
-                    Ok(e) => {
-                        stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
-                        if let Some(c) = format::element_code(item) {
-                            stats.coded += 1;
-                            if c.bytes.len() != e.dims as usize || !(c.scale >= 0.0 && c.scale.is_finite()) || c.err.is_nan() {
-                                problems.push(format!("({block},{off}): a code of {} bytes (scale {}, error {}) for {} dimensions", c.bytes.len(), c.scale, c.err, e.dims));
-                            }
-                        }
-                        let state = format::element_state(item);
-                        if state > format::STATE_CLAIMED {
-                            problems.push(format!("({block},{off}): unknown element state {state}"));
-                        }
-                        stats.free += (state == format::STATE_FREE) as i64;
-                        let info = ElementInfo {
-                            level: e.level,
-                            deleted: e.deleted,
-                            state,
-                            neighbors: e.neighbors,
-                            next_chunk: e.next_chunk,
-                            more_tids: e.more_tids,
-                            dims: e.dims as usize,
-                            values: format::inline_values(item).len() / 4,
-                        };
-                        elements.insert(tid, info);
-                    }
-                    Err(err) => problems.push(format!("({block},{off}): element: {err}")),
-                },
-                format::KIND_NEIGHBORS => {
-                    neighbor_tuples.insert(tid, try_copy(item)?);
-                }
-                format::KIND_CHUNK => {
-                    match format::chunk_values(item) {
-                        Ok((values, next)) => {
-                            chunks.insert(tid, (values.len() / 4, next));
-                        }
-                        Err(err) => problems.push(format!("({block},{off}): chunk: {err}")),
-                    }
-                }
-                format::KIND_TIDS => match format::decode_tids(item) {
-                    Ok((rows, next)) => {
-                        tid_tuples.insert(tid, (rows.len(), next));
-                    }
-                    Err(err) => problems.push(format!("({block},{off}): heap-tid tuple: {err}")),
-                },
-                k => problems.push(format!("({block},{off}): unknown tuple kind {k}")),
+            if page.is_new() {
+                return Ok(());
             }
-        }
-        Ok(())
+            if page.kind() != Some(PAGE_GRAPH) {
+                problems.push(format!("block {block}: not an akidb_hnsw graph page"));
+                return Ok(());
+            }
+            for off in 1..=page.max_offset() {
+                let tid = Tid { block, offset: off };
+                let Some(item) = page.item(off) else {
+                    problems.push(format!("({block},{off}): unused line pointer"));
+                    continue;
+                };
+                match item[0] {
+                    format::KIND_ELEMENT => match Element::decode_header(item) {
+                        Ok(e) => {
+                            stats.heap_tids += if e.deleted { 0 } else { e.heap_tids.len() as i64 };
+                            if let Some(c) = format::element_code(item) {
+                                stats.coded += 1;
+                                if c.bytes.len() != e.dims as usize || !(c.scale >= 0.0 && c.scale.is_finite()) || c.err.is_nan() {
+                                    problems.push(format!("({block},{off}): a code of {} bytes (scale {}, error {}) for {} dimensions", c.bytes.len(), c.scale, c.err, e.dims));
+                                }
+                            }
+                            let state = format::element_state(item);
+                            if state > format::STATE_CLAIMED {
+                                problems.push(format!("({block},{off}): unknown element state {state}"));
+                            }
+                            stats.free += (state == format::STATE_FREE) as i64;
+                            let info = ElementInfo {
+                                level: e.level,
+                                deleted: e.deleted,
+                                state,
+                                neighbors: e.neighbors,
+                                next_chunk: e.next_chunk,
+                                more_tids: e.more_tids,
+                                dims: e.dims as usize,
+                                values: format::inline_values(item).len() / 4,
+                            };
+                            elements.insert(tid, info);
+                        }
+                        Err(err) => problems.push(format!("({block},{off}): element: {err}")),
+                    },
+                    format::KIND_NEIGHBORS => {
+                        neighbor_tuples.insert(tid, try_copy(item)?);
+                    }
+                    format::KIND_CHUNK => {
+                        match format::chunk_values(item) {
+                            Ok((values, next)) => {
+                                chunks.insert(tid, (values.len() / 4, next));
+                            }
+                            Err(err) => problems.push(format!("({block},{off}): chunk: {err}")),
+                        }
+                    }
+                    format::KIND_TIDS => match format::decode_tids(item) {
+                        Ok((rows, next)) => {
+                            tid_tuples.insert(tid, (rows.len(), next));
+                        }
+                        Err(err) => problems.push(format!("({block},{off}): heap-tid tuple: {err}")),
+                    },
+                    k => problems.push(format!("({block},{off}): unknown tuple kind {k}")),
+                }
+            }
+            Ok(())
         })?;
     }
     // Vector chunks: each element's chain must add up to its dimensions.

@@ -16,7 +16,7 @@ use super::pages::{read_meta, read_tuple, update_meta, Change, PageRead, Pages};
 use super::search::{descend, search_level, select_neighbors, Candidate, GraphStore};
 use super::{level_from_random, Params};
 
-pub use super::pages::replace_tuple;
+use super::pages::replace_tuple;
 
 /// Inserts one prepared vector (see [`super::Metric::prepare`]) for `heap_tid`; `meta` is
 /// the metapage as just read, `random` a fresh random number (it draws the level).
