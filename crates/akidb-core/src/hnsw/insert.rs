@@ -533,9 +533,9 @@ pub fn link_back<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: T
                     g.check()?;
                     match (instead, force) {
                         (Some(rest), _) => rest,
-                        (None, Force::Any) => {
+                        (None, Force::Any | Force::Last) => {
                             let next = chosen.unwrap_or_else(|| without(Tid::from_node(by_distance[0].node)));
-                            cut = list.iter().copied().find(|t| !next.contains(t));
+                            cut = list.iter().copied().find(|t| !next.contains(t)).filter(|_| force == Force::Any);
                             next
                         }
                         (None, _) => return Ok(false),
@@ -548,7 +548,9 @@ pub fn link_back<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: T
             // The element cut off gets its way in back from the new one, which is
             // reachable now, if it can.
             if let Some(d) = cut {
-                link_back(pages, g, new, d, level, params, Force::Safe)?;
+                if !link_back(pages, g, new, d, level, params, Force::Safe)? {
+                    link_back(pages, g, new, d, level, params, Force::Last)?;
+                }
             }
             return Ok(true);
         }
@@ -563,8 +565,11 @@ pub enum Force {
     No,
     /// Whatever the heuristic says, if any link that the rest also make can give way.
     Safe,
-    /// Always (the farthest link gives way if no other can).
+    /// Always (the farthest link gives way if no other can), and the element cut off
+    /// then gets a link from `new`.
     Any,
+    /// As `Any`, with no link for the element cut off (the end of `Any`'s follow-up).
+    Last,
 }
 
 /// How many of a full list's farthest links [`link_back`] considers giving away when the

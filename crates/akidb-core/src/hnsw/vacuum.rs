@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use super::error::IndexError;
 use super::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
 use super::graph::{walk_chain, PageGraph, MAX_TIDS_HOPS};
-use super::insert::{raise_entry, Attempts};
+use super::insert::{link_back, raise_entry, Attempts, Force};
 use super::pages::{read_meta, read_tuple, replace_tuple, update_meta, Change, PageRead, Pages};
 use super::search::{search_level, select_neighbors, Candidate, GraphStore};
 use super::Params;
@@ -359,8 +359,23 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
             .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
             .filter(|&t| reach[t as usize] && t as usize != u)
             .collect();
-        let Some(&target) = reachable.iter().find(|&&t| lists[t as usize].len() < max).or(reachable.first()) else { continue };
-        let Some(list) = link_in(&mut g, tids[target as usize], tids[u], max)? else { continue };
+        // Into the nearest list with room, else the nearest that can spare a link the
+        // rest of its list also makes, else the nearest (see link_back).
+        let (room, full): (Vec<u32>, Vec<u32>) = reachable.iter().partition(|&&t| lists[t as usize].len() < max);
+        let mut target = None;
+        for t in room.into_iter().chain(full) {
+            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, Force::Safe)? {
+                target = Some(t);
+                break;
+            }
+        }
+        if let (None, Some(&t)) = (target, reachable.first()) {
+            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, Force::Any)? {
+                target = Some(t);
+            }
+        }
+        let Some(target) = target else { continue };
+        let Some(list) = level0(pages, &mut g, tids[target as usize]) else { continue };
         lists[target as usize] = list;
         linked += 1;
         mark(u as u32, &mut reach, &lists);
@@ -368,33 +383,12 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
     Ok(Some(linked))
 }
 
-/// Adds `node` to the level-0 list of `target` (when full, in place of its farthest
-/// link); returns the list as written, None if `target` is gone.
-fn link_in<P: Pages + ?Sized>(g: &mut PageGraph<'_, P>, target: Tid, node: Tid, max: usize) -> Result<Option<Vec<Tid>>, IndexError> {
-    let (m, pages) = (g.m, g.pages);
-    let mut attempts = Attempts::new(pages);
-    loop {
-        attempts.step()?;
-        let Some(ntid) = g.node(target).filter(|n| !n.deleted).map(|n| n.neighbors) else { return g.check().map(|()| None) };
-        let Some(before) = read_tuple(pages, ntid) else { return Ok(None) };
-        let Some((own_level, mut lists)) = format::all_neighbors(&before, m) else { return Ok(None) };
-        let list = &mut lists[0];
-        if list.contains(&node) {
-            return Ok(Some(list.clone()));
-        }
-        if list.len() < max {
-            list.push(node);
-        } else {
-            let far = (0..list.len()).max_by(|&a, &b| g.between(target, list[a]).total_cmp(&g.between(target, list[b])));
-            g.check()?;
-            let Some(far) = far else { return Ok(None) };
-            list[far] = node;
-        }
-        let after = format::encode_neighbors_into(own_level, m, &lists, before.len());
-        if replace_tuple(pages, ntid, &before, &after) {
-            return Ok(Some(lists.swap_remove(0)));
-        }
-    }
+/// The level-0 list of `element` as it is on its page.
+fn level0<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, element: Tid) -> Option<Vec<Tid>> {
+    let ntid = g.node(element)?.neighbors;
+    let mut list = Vec::new();
+    format::neighbors_on(&read_tuple(pages, ntid)?, g.m, 0, &mut list).ok()?;
+    Some(list)
 }
 
 /// 3. Rebuilds the lists of every live element that links to a deleted one, and moves
