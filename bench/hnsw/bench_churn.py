@@ -139,6 +139,9 @@ def main():
     base = rng.standard_normal((a.random_rows, 64)).astype(np.float32)
     queries = rng.standard_normal((a.queries, 64)).astype(np.float32)
     res["data_sets"]["random-64"] = run_set(conn, "random-64", base, None, a.rounds, queries, 7, 16, 64)
+    # Written after each data set too: a run cut short keeps what it measured.
+    with open(a.out + ".json", "w") as f:
+        json.dump(res, f, indent=1)
     if os.path.isdir(MNIST) and a.mnist_rows:
         allv = load_mnist(2 * a.mnist_rows + a.queries)
         base, pool, queries = allv[:a.mnist_rows], allv[a.mnist_rows:2 * a.mnist_rows], allv[2 * a.mnist_rows:]

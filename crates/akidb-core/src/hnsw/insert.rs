@@ -61,21 +61,17 @@ pub fn insert<P: Pages + ?Sized>(pages: &P, meta: &Meta, v: &[f32], heap_tid: Ti
         None => write_tuples(pages, meta, v, heap_tid, level, &lists)?,
     };
     for (l, list) in lists.iter().enumerate() {
-        let mut linked = false;
+        let (mut linked, mut cut) = (false, Vec::new());
         for &n in list {
-            linked |= link_back(pages, &mut g, n, element, l as u8, &params, Force::No)?;
+            linked |= link_back(pages, &mut g, n, element, l as u8, &params, false, &mut cut)?;
         }
-        // No neighbour's heuristic took the new element without cutting another off:
-        // the nearest that can do without one of its links takes it all the same, else
-        // the nearest, or it would have no way in at all.
-        for &n in list {
-            if linked {
-                break;
-            }
-            linked = link_back(pages, &mut g, n, element, l as u8, &params, Force::Safe)?;
-        }
+        // No neighbour's heuristic took the new element: the nearest takes it all the
+        // same, or it would have no way in at all.
         if let (false, Some(&n)) = (linked, list.first()) {
-            link_back(pages, &mut g, n, element, l as u8, &params, Force::Any)?;
+            link_back(pages, &mut g, n, element, l as u8, &params, true, &mut cut)?;
+        }
+        if !cut.is_empty() {
+            adopt(pages, &mut g, element, l as u8, &cut)?;
         }
     }
     // The metapage read again, not `meta`: VACUUM may have moved the entry meanwhile (it
@@ -477,22 +473,22 @@ fn reuse_slot<P: Pages + ?Sized>(pages: &P, meta: &Meta, v: &[f32], heap_tid: Ti
     Ok(Some(slot.at))
 }
 
-/// Adds `new` to `node`'s list on `level` (pruning with the heuristic when full). The list
-/// is read, the new one computed with no lock held (it reads other pages), and written
-/// only if nobody changed the tuple meanwhile, else computed again: until it lands, so
-/// no back-link is ever dropped under contention.
+/// Adds `new` to `node`'s list on `level` (pruning with the heuristic when full; `force`:
+/// whatever the heuristic says, in place of the farthest link). The list is read, the
+/// new one computed with no lock held (it reads other pages), and written only if nobody
+/// changed the tuple meanwhile, else computed again: until it lands, so no back-link is
+/// ever dropped under contention. Returns whether `new` was linked.
 ///
 /// A full list gives one link away, and HNSW's heuristic does not ask whether that was
 /// the element's last way in: inserts one by one into a built index left some elements
-/// unreachable until VACUUM. So a link goes only to an element that another member of
-/// the list links to; when none of the few farthest can go, the back-link is not made
-/// (unless `force`: the new element's first way in). Returns whether `new` was linked.
-pub fn link_back<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: Tid, new: Tid, level: u8, params: &Params, force: Force) -> Result<bool, IndexError> {
+/// unreachable until VACUUM. An element given away that no other member of the list
+/// links to is pushed to `cut`, for the new element to link to (see [`adopt`]).
+#[allow(clippy::too_many_arguments)]
+pub fn link_back<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: Tid, new: Tid, level: u8, params: &Params, force: bool, cut: &mut Vec<Tid>) -> Result<bool, IndexError> {
     let max = params.max_neighbors(level);
     let mut attempts = Attempts::new(pages);
     loop {
         attempts.step()?;
-        let mut cut = None;
         let Some(ntid) = g.node(node).map(|n| n.neighbors) else { return g.check().map(|()| false) };
         let before = read_tuple(pages, ntid).ok_or_else(|| IndexError::at(ntid, "missing neighbour tuple"))?;
         let Some((own_level, mut lists)) = format::all_neighbors(&before, g.m) else {
@@ -502,79 +498,79 @@ pub fn link_back<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: T
         if list.contains(&new) {
             return Ok(true);
         }
+        let mut dropped = None;
         if list.len() < max {
             list.push(new);
         } else {
             let cands: Vec<Candidate> = list.iter().chain([&new]).map(|&t| Candidate { distance: g.between(node, t), node: t.node() }).collect();
             // Kept full: one link gives way (see insert).
-            let kept = select_neighbors(&cands, max, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+            let mut kept = select_neighbors(&cands, max, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
             g.check()?;
-            let chosen = kept.iter().any(|c| c.node == new.node()).then(|| kept.iter().map(|c| Tid::from_node(c.node)).collect::<Vec<Tid>>());
-            if chosen.is_none() && force == Force::No {
-                return Ok(false);
-            }
-            let without = |t: Tid| list.iter().copied().filter(|&x| x != t).chain([new]).collect::<Vec<Tid>>();
-            let safe = chosen.as_ref().filter(|next| {
-                let dropped = list.iter().copied().find(|t| !next.contains(t));
-                dropped.is_none_or(|d| linked_from(pages, g, d, next, level))
-            });
-            let next = match safe {
-                Some(next) => next.clone(),
-                None => {
-                    // The heuristic's choice is another's only way in (or, forced, the
-                    // heuristic would not take `new`): let one of the farthest others go
-                    // instead, one that the rest link to; forced, the farthest.
-                    let mut by_distance: Vec<&Candidate> = cands.iter().filter(|c| c.node != new.node()).collect();
-                    by_distance.sort_by(|a, b| b.distance.total_cmp(&a.distance));
-                    let instead = by_distance.iter().take(if force == Force::No { VICTIMS } else { max }).map(|c| without(Tid::from_node(c.node))).find(|rest| {
-                        let gone = list.iter().copied().find(|t| !rest.contains(t));
-                        gone.is_some_and(|d| linked_from(pages, g, d, rest, level))
-                    });
-                    g.check()?;
-                    match (instead, force) {
-                        (Some(rest), _) => rest,
-                        (None, Force::Any | Force::Last) => {
-                            let next = chosen.unwrap_or_else(|| without(Tid::from_node(by_distance[0].node)));
-                            cut = list.iter().copied().find(|t| !next.contains(t)).filter(|_| force == Force::Any);
-                            next
-                        }
-                        (None, _) => return Ok(false),
-                    }
+            if !kept.iter().any(|c| c.node == new.node()) {
+                if !force {
+                    return Ok(false);
                 }
-            };
+                kept.pop();
+                kept.push(cands[cands.len() - 1]);
+            }
+            let next: Vec<Tid> = kept.iter().map(|c| Tid::from_node(c.node)).collect();
+            dropped = list.iter().copied().find(|t| !next.contains(t));
             *list = next;
         }
+        // (Not counting the new element's own link: `adopt` may give that one away.)
+        let others: Vec<Tid> = lists[level as usize].iter().copied().filter(|&t| t != new).collect();
         if replace_tuple(pages, ntid, &before, &format::encode_neighbors_into(own_level, g.m, &lists, before.len())) {
-            // The element cut off gets its way in back from the new one, which is
-            // reachable now, if it can.
-            if let Some(d) = cut {
-                if !link_back(pages, g, new, d, level, params, Force::Safe)? {
-                    link_back(pages, g, new, d, level, params, Force::Last)?;
-                }
+            if let Some(d) = dropped.filter(|&d| live_at(pages, d, level) && !linked_from(pages, g, d, &others, level)) {
+                cut.push(d);
             }
             return Ok(true);
         }
     }
 }
 
-/// How hard [`link_back`] tries to make a link.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Force {
-    /// Only if the heuristic takes the new element, and one of the few farthest links
-    /// that the rest also make can give way.
-    No,
-    /// Whatever the heuristic says, if any link that the rest also make can give way.
-    Safe,
-    /// Always (the farthest link gives way if no other can), and the element cut off
-    /// then gets a link from `new`.
-    Any,
-    /// As `Any`, with no link for the element cut off (the end of `Any`'s follow-up).
-    Last,
+/// Links the new element `element` to each of `cut` on `level` (elements its back-links
+/// took a way in from), in place of its own farthest links when its list is full: those
+/// are links that did not exist before this insert, so no element depended on them.
+pub fn adopt<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, element: Tid, level: u8, cut: &[Tid]) -> Result<(), IndexError> {
+    let mut attempts = Attempts::new(pages);
+    loop {
+        attempts.step()?;
+        let Some(ntid) = g.node(element).map(|n| n.neighbors) else { return g.check() };
+        let before = read_tuple(pages, ntid).ok_or_else(|| IndexError::at(ntid, "missing neighbour tuple"))?;
+        let Some((own_level, mut lists)) = format::all_neighbors(&before, g.m) else {
+            return Err(IndexError::at(ntid, "not a neighbour tuple"));
+        };
+        let Some(list) = lists.get_mut(level as usize) else { return Ok(()) };
+        let max = if level == 0 { 2 * g.m } else { g.m };
+        for &d in cut {
+            if list.contains(&d) {
+                continue;
+            }
+            if list.len() < max {
+                list.push(d);
+                continue;
+            }
+            // The farthest link that is not itself one adopted.
+            let far = (0..list.len()).filter(|&i| !cut.contains(&list[i])).max_by(|&a, &b| g.between(element, list[a]).total_cmp(&g.between(element, list[b])));
+            match far {
+                Some(i) => list[i] = d,
+                None => break,
+            }
+        }
+        g.check()?;
+        if replace_tuple(pages, ntid, &before, &format::encode_neighbors_into(own_level, g.m, &lists, before.len())) {
+            return Ok(());
+        }
+    }
 }
 
-/// How many of a full list's farthest links [`link_back`] considers giving away when the
-/// heuristic's choice cannot go.
-const VICTIMS: usize = 4;
+/// Whether `at` holds a live element that reaches `level`, as the page is now (a slot
+/// VACUUM freed may hold another element since the list that named it was read).
+fn live_at<P: Pages + ?Sized>(pages: &P, at: Tid, level: u8) -> bool {
+    read_tuple(pages, at).is_some_and(|b| {
+        b.first() == Some(&format::KIND_ELEMENT) && format::element_state(&b) == format::STATE_LIVE && format::Element::decode_header(&b).is_ok_and(|e| !e.deleted && e.level >= level)
+    })
+}
 
 /// Whether one of `from` links to `element` on `level` (as their lists are now).
 fn linked_from<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, element: Tid, from: &[Tid], level: u8) -> bool {
@@ -719,7 +715,7 @@ mod tests {
                     std::thread::spawn(move || {
                         let mut g = PageGraph::new(&*pages, 8, Metric::L2);
                         start.wait();
-                        link_back(&*pages, &mut g, target, new, 0, &Params { m: 8, ef_construction: 16 }, Force::Any).unwrap();
+                        link_back(&*pages, &mut g, target, new, 0, &Params { m: 8, ef_construction: 16 }, true, &mut Vec::new()).unwrap();
                     })
                 })
                 .collect();

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use super::error::IndexError;
 use super::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
 use super::graph::{walk_chain, PageGraph, MAX_TIDS_HOPS};
-use super::insert::{link_back, raise_entry, Attempts, Force};
+use super::insert::{adopt, link_back, raise_entry, Attempts};
 use super::pages::{read_meta, read_tuple, replace_tuple, update_meta, Change, PageRead, Pages};
 use super::search::{search_level, select_neighbors, Candidate, GraphStore};
 use super::Params;
@@ -359,20 +359,24 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
             .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
             .filter(|&t| reach[t as usize] && t as usize != u)
             .collect();
-        // Into the nearest list with room, else the nearest that can spare a link the
-        // rest of its list also makes, else the nearest (see link_back).
+        // Into the nearest list with room, else the nearest whose heuristic takes it,
+        // else the nearest all the same; an element that gives its way in to it gets a
+        // link from it (see link_back).
         let (room, full): (Vec<u32>, Vec<u32>) = reachable.iter().partition(|&&t| lists[t as usize].len() < max);
-        let mut target = None;
+        let (mut target, mut cut) = (None, Vec::new());
         for t in room.into_iter().chain(full) {
-            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, Force::Safe)? {
+            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, false, &mut cut)? {
                 target = Some(t);
                 break;
             }
         }
         if let (None, Some(&t)) = (target, reachable.first()) {
-            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, Force::Any)? {
+            if link_back(pages, &mut g, tids[t as usize], tids[u], 0, &params, true, &mut cut)? {
                 target = Some(t);
             }
+        }
+        if !cut.is_empty() {
+            adopt(pages, &mut g, tids[u], 0, &cut)?;
         }
         let Some(target) = target else { continue };
         let Some(list) = level0(pages, &mut g, tids[target as usize]) else { continue };
