@@ -75,6 +75,9 @@ pub fn each_item<P: Pages + ?Sized>(pages: &P, delay: &dyn Fn(), mut each: impl 
     }
 }
 
+/// How many times VACUUM looks for unreachable elements at most (see bulk_delete).
+const CONNECT_PASSES: usize = 4;
+
 /// Every element, and the rows held in heap-tid tuples.
 pub fn elements<P: Pages + ?Sized>(pages: &P, delay: &dyn Fn()) -> (Vec<ElementInfo>, usize) {
     let mut out = Vec::new();
@@ -116,13 +119,20 @@ pub fn bulk_delete<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H) -> 
     }
 
     // 4. Deleting elements can leave live ones that no walk reaches (their in-links all
-    // came through deleted ones, or pruning dropped them): link each back in.
-    match connect_unreachable(pages, host)? {
-        Some(n) => {
-            out.relinked = n;
-            out.looked_for_unreachable = true;
+    // came through deleted ones, or pruning dropped them): link each back in. A link in
+    // can cost another element its way in (a full list gives one away, and the one
+    // linked in may give up links of its own for it): looked at again until a pass
+    // finds none, a few times at most.
+    out.looked_for_unreachable = true;
+    for _ in 0..CONNECT_PASSES {
+        match connect_unreachable(pages, host)? {
+            Some(0) => break,
+            Some(n) => out.relinked += n,
+            None => {
+                out.looked_for_unreachable = false;
+                break;
+            }
         }
-        None => out.looked_for_unreachable = false,
     }
 
     // 5. No live element links to the deleted ones now: their slots are free.
