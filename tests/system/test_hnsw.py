@@ -465,7 +465,9 @@ def test_concurrent_identical_vectors_with_vacuum_lose_no_row():
             assert got == want, (when, got, want)
             c.execute("VACUUM twins")
             check_clean(c, "twins_idx")
-        assert want > 500
+        # The writers got through: each round adds three rows net to the 150 (a loaded
+        # machine gets through fewer rounds in the time, hence no more is asked).
+        assert want > 300, want
         c.execute("DROP TABLE twins")
 
 
