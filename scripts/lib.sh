@@ -252,6 +252,17 @@ ensure_default_model() {
         echo "$recipe" > "$dir/model.onnx.recipe"
         rm -rf "$tmp"
     fi
+    # Its 8-bit CPU variant, made from the fp32 file (models/README.md).
+    local q8="$AKIDB_ROOT/models/$DEFAULT_MODEL-q8" qtool="$AKIDB_ROOT/models/tools/make_minilm_q8.py"
+    recipe=$(cat "$dir/model.onnx.recipe" "$qtool" | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$q8/model.onnx" ] || [ "$(cat "$q8/model.onnx.recipe" 2>/dev/null)" != "$recipe" ]; then
+        log "making the 8-bit ONNX file of $DEFAULT_MODEL"
+        "$(ensure_venv)" "$qtool" "$dir/model.onnx" "$q8/model.onnx.tmp" >/dev/null 2>&1 \
+            || die "making $q8/model.onnx failed: run $qtool by hand to see why"
+        cp "$dir/tokenizer.json" "$q8/tokenizer.json"
+        mv "$q8/model.onnx.tmp" "$q8/model.onnx"
+        echo "$recipe" > "$q8/model.onnx.recipe"
+    fi
 }
 
 # Puts ONNX Runtime next to the extension (PKGLIBDIR/akidb/) and the models of models/

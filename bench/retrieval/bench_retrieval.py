@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--also-model", default="", help="a second model measured the same way, and its latency in turns with the default's")
+    ap.add_argument("--also-model-dir", default="")
     ap.add_argument("--machine", default=platform.node())
     ap.add_argument("--ef-sweep", default="40,64,100,200",
                     help="ef_search values at which the index's nDCG and search time are measured (the default setting is measured too)")
@@ -206,11 +208,66 @@ def main():
                            "search_in_server": percentiles(list(split[:, 1])), "end_to_end_samples": e2e}
         plan = "\n".join(p for (p,) in conn.execute("EXPLAIN (COSTS OFF) " + q, (queries[0],)))
         r["latency_plan"] = plan
+    if a.also_model:
+        r["also"] = also_model(a, queries, relevant, packages, bodies, table, lat_q)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=1)
-    print(json.dumps({k: v for k, v in r.items() if k != "latency_ms"}, indent=1))
+    print(json.dumps({k: v for k, v in r.items() if k not in ("latency_ms", "also")}, indent=1))
     print(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in r["latency_ms"].items() if k != "end_to_end_samples"}))
     plot(r, a.out + ".png")
+
+
+def also_model(a, queries, relevant, packages, bodies, table, lat_q):
+    """The second model: its quality in SQL next to its own outside reference, its bulk
+    fill rate, and the latency of both models measured in turns in one fresh session
+    (query k runs on one model then the other, the first one alternating)."""
+    name = a.also_model
+    out = {"model": name}
+    raw = Raw(a.also_model_dir, a.threads)
+    batch = json.load(open(os.path.join(a.also_model_dir, "akidb.json"))).get("batch_size", 8)
+    D = np.array(raw.sorted_batches(bodies, batch))
+    Q = np.array([raw.embed([q])[0] for q in queries])
+    top = np.argsort(-(Q @ D.T), axis=1)[:, :10]
+    out["outside"] = metrics([[packages[j] for j in row] for row in top], relevant)
+    lit = "'" + name.replace("'", "''") + "'"
+    with psycopg.connect(autocommit=True) as conn:
+        conn.execute(f"SET akidb.onnx_threads = {a.threads}")
+        conn.execute("SET client_min_messages = warning")
+        out["fill_rows_per_s"] = {}
+        for t in dict.fromkeys(["docs", table]):
+            conn.execute(f"ALTER TABLE {t} ADD COLUMN emb2 vector(384)")
+            t0 = time.perf_counter()
+            conn.execute(f"CALL akidb_embed_column('{t}', 'body', 'emb2', model => {lit})")
+            n = conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            out["fill_rows_per_s"][t] = n / (time.perf_counter() - t0)
+            conn.execute(f"VACUUM {t}")
+            conn.execute(f"CREATE INDEX {t}_emb2_idx ON {t} USING akidb_hnsw (emb2 vector_cosine_ops)")
+            conn.execute(f"ANALYZE {t}")
+        sql_d = np.array([json.loads(v) for (v,) in conn.execute("SELECT emb2::text FROM docs ORDER BY id")])
+        out["min_cosine_sql_vs_outside"] = float(((sql_d * D).sum(1)).min())
+        sql = f"SELECT package FROM docs ORDER BY emb2 <=> embed_query(%s, {lit}) LIMIT 10"
+        conn.execute("SET enable_indexscan = off")
+        out["sql_exact"] = metrics([[p for (p,) in conn.execute(sql, (q,))] for q in queries], relevant)
+        conn.execute("RESET enable_indexscan")
+        out["sql_index"] = metrics([[p for (p,) in conn.execute(sql, (q,))] for q in queries], relevant)
+        out["index_keeps_of_exact_ndcg"] = out["sql_index"]["ndcg@10"] / out["sql_exact"]["ndcg@10"]
+    with psycopg.connect(autocommit=True) as conn:
+        conn.execute(f"SET akidb.onnx_threads = {a.threads}")
+        sqls = {"default": f"SELECT id, package FROM {table} ORDER BY emb <=> embed_query(%s) LIMIT 10",
+                name: f"SELECT id, package FROM {table} ORDER BY emb2 <=> embed_query(%s, {lit}) LIMIT 10"}
+        for m, q in sqls.items():
+            for t in lat_q[:20]:
+                conn.execute(q, (f"{t} warm {m}",), prepare=True).fetchall()
+        samples = {m: [] for m in sqls}
+        for k, t in enumerate(lat_q):
+            for m in (list(sqls) if k % 2 == 0 else list(sqls)[::-1]):
+                t0 = time.perf_counter()
+                conn.execute(sqls[m], (f"{t} turn {m}",), prepare=True).fetchall()
+                samples[m].append((time.perf_counter() - t0) * 1e3)
+        out["latency_in_turns_ms"] = {m: percentiles(v) for m, v in samples.items()}
+        out["latency_in_turns_samples"] = samples
+    print(json.dumps({k: v for k, v in out.items() if k != "latency_in_turns_samples"}, indent=1))
+    return out
 
 
 def plot(r, path):
@@ -227,7 +284,14 @@ def plot(r, path):
     ax[0].set_xticks(np.arange(3) + 0.2, names, fontsize=8)
     ax[0].set_ylim(0, 1.05); ax[0].legend(); ax[0].set_title(f'{r["queries"]} queries, {r["documents"]} documents')
     e2e = r["latency_ms"]["end_to_end_samples"]
-    ax[1].hist(e2e, bins=60, color="tab:blue")
+    ax[1].hist(e2e, bins=60, color="tab:blue", alpha=0.7, label=r["model"])
+    if "also" in r:
+        al = r["also"]
+        turns = al["latency_in_turns_ms"]
+        ax[1].hist(al["latency_in_turns_samples"][al["model"]], bins=60, color="tab:orange", alpha=0.7,
+                   label=f'{al["model"]} (in turns with the default: p95 {turns[al["model"]]["p95"]:.2f} against '
+                         f'{turns["default"]["p95"]:.2f} ms)')
+    ax[1].legend(fontsize=7)
     lm = r["latency_ms"]
     ax[1].set_title(f'latency, {r["latency_documents"]} docs: p50 {lm["end_to_end"]["p50"]:.2f} / p95 {lm["end_to_end"]["p95"]:.2f} / '
                     f'p99 {lm["end_to_end"]["p99"]:.2f} ms\n(embed {lm["embed_in_server"]["p50"]:.2f} + search '

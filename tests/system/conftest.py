@@ -18,16 +18,17 @@ def connect(**kw):
 
 @pytest.fixture(scope="session")
 def model_dir():
-    """A model path readable by the server: the default model (linked), plus whatever
-    the tests write into it."""
+    """A model path readable by the server: the default model and its 8-bit variant
+    (copied), plus whatever the tests write into it."""
     d = os.path.join(RUN, "system-models")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     os.chmod(d, 0o755)
-    src = os.path.join(REPO, "models", "all-MiniLM-L6-v2")
-    os.makedirs(os.path.join(d, "all-MiniLM-L6-v2"))
-    for f in ("akidb.json", "model.onnx", "tokenizer.json"):
-        shutil.copy(os.path.join(src, f), os.path.join(d, "all-MiniLM-L6-v2", f))
+    for name in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-q8"):
+        src = os.path.join(REPO, "models", name)
+        os.makedirs(os.path.join(d, name))
+        for f in ("akidb.json", "model.onnx", "tokenizer.json"):
+            shutil.copy(os.path.join(src, f), os.path.join(d, name, f))
     for root, dirs, files in os.walk(d):
         for x in dirs + files:
             os.chmod(os.path.join(root, x), 0o755 if x in dirs else 0o644)
