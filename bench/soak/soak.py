@@ -86,7 +86,11 @@ class Load:
         self.errors, self.counts = [], {"insert": 0, "update": 0, "delete": 0, "read": 0, "vacuum": 0}
         self.lock = threading.Lock()
         self.committed = set()
-        self.next_id = 10_000_000
+        # After a kill -9 the table keeps the rows committed before it: new ids go on
+        # from there (a restart at 10,000,000 failed on the primary key).
+        with cl.connect() as c:
+            top = c.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
+        self.next_id = max(10_000_000, top + 1)
         self.threads = [threading.Thread(target=self.run, args=(self.writer, seed + w)) for w in range(writers)]
         self.threads += [threading.Thread(target=self.run, args=(self.reader, seed + 100 + r)) for r in range(readers)]
         if vacuum:
