@@ -52,7 +52,10 @@ def test_the_8_bit_model_stays_close_to_sentence_transformers_and_ranks_alike(co
     a, b = q8 @ q8.T, ref @ ref.T
     np.fill_diagonal(a, -2)
     np.fill_diagonal(b, -2)
-    same = (a.argmax(1) == b.argmax(1)).mean()
+    # A text's nearest in the reference may be a tie (texts 15 and 16 agree in their first
+    # 256 tokens, all the model reads, so they embed alike): any of the tied ones is the
+    # same answer, whichever of them a model's rounding puts first.
+    same = (b[np.arange(len(b)), a.argmax(1)] >= b.max(1) - 1e-6).mean()
     assert same >= 0.9, f"nearest neighbours agree for {same:.0%} of the texts"
     # Activations are quantised with one scale per batch, padding included: its manifest
     # embeds one text per inference, so a text's vector does not depend on its companions.
