@@ -136,7 +136,14 @@ pub struct PageGraph<'p, P: Pages + ?Sized> {
     pub pages: &'p P,
     pub m: usize,
     pub metric: Metric,
-    nodes: TidMap<Option<Node>>,
+    nodes: TidMap<Node>,
+    /// The last element read that is not live. Not cached: VACUUM frees deleted
+    /// elements' slots while inserts run, and an insert may fill one with another
+    /// element meanwhile; a cached copy would give that element the old one's vector
+    /// (its distances, so the pruning of lists it is in, went wrong: far links, and
+    /// elements whose only ways in were cut). A live element is not freed while an
+    /// insert that read it runs (VACUUM waits for the inserts in flight after marking).
+    transient: Option<Node>,
     /// About how much memory the cached elements take.
     bytes: usize,
     error: Option<IndexError>,
@@ -144,7 +151,7 @@ pub struct PageGraph<'p, P: Pages + ?Sized> {
 
 impl<'p, P: Pages + ?Sized> PageGraph<'p, P> {
     pub fn new(pages: &'p P, m: usize, metric: Metric) -> Self {
-        PageGraph { pages, m, metric, nodes: TidMap::default(), bytes: 0, error: None }
+        PageGraph { pages, m, metric, nodes: TidMap::default(), transient: None, bytes: 0, error: None }
     }
 
     /// The first error met since the last check.
@@ -157,15 +164,20 @@ impl<'p, P: Pages + ?Sized> PageGraph<'p, P> {
     }
 
     /// The element at `tid` (None if the slot holds no element, or reading it failed).
+    /// Live elements are cached; others are read afresh each time (see `transient`).
     pub fn node(&mut self, tid: Tid) -> Option<&Node> {
         if self.error.is_some() {
             return None;
         }
         if !self.nodes.contains_key(&tid) {
             match load_node(self.pages, tid) {
-                Ok(n) => {
-                    self.bytes += 96 + n.as_ref().map_or(0, |n| 4 * n.vector.len() + n.neighbor_bytes.as_ref().map_or(0, Vec::len) + 6 * n.heap_tids.len());
+                Ok(Some(n)) if !n.deleted => {
+                    self.bytes += 96 + 4 * n.vector.len() + n.neighbor_bytes.as_ref().map_or(0, Vec::len) + 6 * n.heap_tids.len();
                     self.nodes.insert(tid, n);
+                }
+                Ok(n) => {
+                    self.transient = n;
+                    return self.transient.as_ref();
                 }
                 Err(e) => {
                     self.fail(e);
@@ -173,7 +185,7 @@ impl<'p, P: Pages + ?Sized> PageGraph<'p, P> {
                 }
             }
         }
-        self.nodes.get(&tid).and_then(|n| n.as_ref())
+        self.nodes.get(&tid)
     }
 
     /// Whether the element at `tid` is there and not deleted.
@@ -188,10 +200,21 @@ impl<'p, P: Pages + ?Sized> PageGraph<'p, P> {
 
     /// The distance between two elements; infinite if either slot holds no element.
     pub fn between(&mut self, a: Tid, b: Tid) -> f32 {
-        self.node(a);
-        self.node(b);
-        match (self.nodes.get(&a).and_then(Option::as_ref), self.nodes.get(&b).and_then(Option::as_ref)) {
-            (Some(x), Some(y)) => self.metric.distance(&x.vector, &y.vector),
+        let metric = self.metric;
+        if self.node(a).is_none() {
+            return f32::INFINITY;
+        }
+        if !self.nodes.contains_key(&a) {
+            // Not live: its vector is only in `transient`, which reading `b` replaces.
+            let va = self.transient.as_ref().map(|n| n.vector.clone()).unwrap_or_default();
+            return self.node(b).map_or(f32::INFINITY, |y| metric.distance(&va, &y.vector));
+        }
+        if self.node(b).is_none() {
+            return f32::INFINITY;
+        }
+        // `b` is cached if live, else it is the one in `transient` now.
+        match (self.nodes.get(&a), self.nodes.get(&b).or(self.transient.as_ref())) {
+            (Some(x), Some(y)) => metric.distance(&x.vector, &y.vector),
             _ => f32::INFINITY,
         }
     }
