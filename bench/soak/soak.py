@@ -178,11 +178,17 @@ def scenario_mixed(cl, minutes):
     load.finish()
     with cl.connect() as c:
         problems = check(c, "soak_idx")
+        unreachable = c.execute("SELECT unreachable FROM akidb_hnsw_info('soak_idx'::regclass)").fetchone()[0]
         missing, rows, lost = all_rows_found(c, "soak")
         size = c.execute("SELECT pg_relation_size('soak_idx')").fetchone()[0]
+        # Then one more VACUUM (which links unreachable elements back in): what it heals.
+        c.execute("VACUUM soak")
+        after = all_rows_found(c, "soak")
     return {"seconds": round(time.time() - t), "statements": load.counts, "errors": len(load.errors),
             "error_samples": load.errors[:5], "check_problems": len(problems), "rows": rows,
-            "rows_not_found": missing, "rows_not_found_at_ef_1000": lost, "index_mb": round(size / 2**20, 1)}
+            "rows_not_found": missing, "rows_not_found_at_ef_1000": lost, "unreachable_elements": unreachable,
+            "after_a_last_vacuum": {"rows_not_found": after[0], "rows_not_found_at_ef_1000": after[2]},
+            "index_mb": round(size / 2**20, 1)}
 
 
 def wait_progress(cl, view, like, timeout=120):

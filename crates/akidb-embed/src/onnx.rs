@@ -359,6 +359,10 @@ fn build(env: &Environment, opts: &SessionOptions, provider: Option<ep::Executio
             .with_intra_threads(opts.threads.max(1))
             .map_err(err)?
             .with_inter_threads(1)
+            .map_err(err)?
+            // A backend runs one inference at a time and sleeps between them: idle
+            // workers that spin steal the cores the backend (and its neighbours) need.
+            .with_intra_op_spinning(false)
             .map_err(err)?;
         if let Some(p) = provider {
             b = b.with_execution_providers([p]).map_err(err)?;

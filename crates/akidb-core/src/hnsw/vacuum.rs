@@ -1,9 +1,9 @@
 //! VACUUM over [`Pages`], in five steps: mark the elements whose rows are all dead
-//! deleted; wait for the inserts in flight (they may link to one just marked); repair
-//! every live element that links to a deleted one (its list rebuilt from its live
-//! neighbours, theirs and a search, refilled to full with the heuristic; each new
-//! neighbour then links back to it, as to a new element) and move the entry point off a
-//! deleted element; link back in any live element no walk reaches;
+//! deleted; wait for the inserts in flight (they may link to one just marked); move the
+//! entry point off a deleted element and repair every live element that links to a
+//! deleted one (its list rebuilt from its live neighbours, theirs and a search, refilled
+//! to full with the heuristic; each new neighbour then links back to it, as to a new
+//! element); link back in any live element no walk reaches;
 //! then free the deleted elements' slots (element, neighbour tuple, vector chunks) for
 //! inserts to reuse. Deleted elements stay readable until then, so concurrent scans and
 //! inserts that still hold their tids read valid tuples.
@@ -119,6 +119,7 @@ pub fn bulk_delete<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H) -> 
     // count as deleted (repair would take the links to it out of lists).
     let deleted: HashSet<Tid> = all.iter().filter(|e| e.state == format::STATE_DELETED).map(|e| e.at).collect();
     if !deleted.is_empty() {
+        move_entry(pages, host, &all, &deleted)?;
         repair(pages, host, &all, &deleted)?;
     }
 
@@ -409,8 +410,32 @@ fn level0<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, element: Tid) 
     Some(list)
 }
 
-/// 3. Rebuilds the lists of every live element that links to a deleted one, and moves
-/// the entry point off a deleted element.
+/// Moves the entry point off a deleted element, to the highest live one (or none). Done
+/// before the repairs, so that scans and inserts meanwhile start from a live element.
+fn move_entry<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, all: &[ElementInfo], deleted: &HashSet<Tid>) -> Result<(), IndexError> {
+    let meta = read_meta(pages)?;
+    if deleted.contains(&meta.entry) || !meta.entry.is_valid() {
+        let best = all.iter().filter(|e| !e.deleted).max_by_key(|e| e.level);
+        update_meta(pages, |m| {
+            let stale = deleted.contains(&m.entry);
+            if stale {
+                m.entry = best.map_or(Tid::INVALID, |e| e.at);
+                m.entry_level = best.map_or(0, |e| e.level);
+            }
+            stale
+        })?;
+        // An insert that wrote a top-level element after `all` was read, and compared
+        // its level with the old entry's, did not raise the entry: look again, now that
+        // any later insert compares with the new entry.
+        let delay = || host.delay();
+        if let Some(top) = elements(pages, &delay).0.iter().filter(|e| !e.deleted).max_by_key(|e| e.level) {
+            raise_entry(pages, top.at, top.level)?;
+        }
+    }
+    Ok(())
+}
+
+/// 3. Rebuilds the lists of every live element that links to a deleted one.
 fn repair<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, all: &[ElementInfo], deleted: &HashSet<Tid>) -> Result<(), IndexError> {
     let meta = read_meta(pages)?;
     let m = meta.m as usize;
@@ -505,25 +530,6 @@ fn repair<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, all: &[Eleme
             }
             // Someone changed the list meanwhile: read it (and its neighbourhood) afresh.
             g = PageGraph::new(pages, m, metric);
-        }
-    }
-    // The entry point must be live: else the highest live element (or none).
-    if deleted.contains(&meta.entry) || !meta.entry.is_valid() {
-        let best = all.iter().filter(|e| !e.deleted).max_by_key(|e| e.level);
-        update_meta(pages, |m| {
-            let stale = deleted.contains(&m.entry);
-            if stale {
-                m.entry = best.map_or(Tid::INVALID, |e| e.at);
-                m.entry_level = best.map_or(0, |e| e.level);
-            }
-            stale
-        })?;
-        // An insert that wrote a top-level element after `all` was read, and compared
-        // its level with the old entry's, did not raise the entry: look again, now that
-        // any later insert compares with the new entry.
-        let delay = || host.delay();
-        if let Some(top) = elements(pages, &delay).0.iter().filter(|e| !e.deleted).max_by_key(|e| e.level) {
-            raise_entry(pages, top.at, top.level)?;
         }
     }
     Ok(())
@@ -684,6 +690,42 @@ mod tests {
         assert_eq!(unreachable(&pages), 0);
         let top = states(&pages).iter().filter(|e| e.1 == format::STATE_LIVE).map(|e| PageGraph::new(&pages, 4, Metric::L2).node(e.0).unwrap().level).max();
         assert_eq!(Some(meta.entry_level), top, "the highest live element");
+    }
+
+    #[test]
+    fn a_vacuum_cut_short_after_marking_leaves_a_sound_index() {
+        // A crash (or a cancel) after step 1 leaves the entry point on a deleted element:
+        // the checker must not call that damage, searches must still find every live
+        // row from it, and the next VACUUM moves the entry.
+        let pages = MemPages::new(&empty_meta(Metric::L2, 8, 6, 16));
+        let host = host();
+        let data = vectors(800, 8, 21);
+        for (i, v) in data.iter().enumerate() {
+            put(&pages, v, i, splitmix64(i as u64));
+        }
+        let entry = read_meta(&pages).unwrap().entry;
+        let dead = PageGraph::new(&pages, 6, Metric::L2).node(entry).unwrap().heap_tids.clone();
+        host.dead.lock().extend(dead.iter().copied());
+        mark_deleted(&pages, &host, &mut Outcome::default()).unwrap();
+        assert_eq!(read_meta(&pages).unwrap().entry, entry, "still the entry");
+        assert!(states(&pages).iter().any(|e| e.0 == entry && e.1 == format::STATE_DELETED));
+        let (problems, _) = crate::hnsw::check::check(&pages, &|| {}).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let live: Vec<(usize, Vec<f32>)> = data.iter().cloned().enumerate().filter(|(i, _)| !dead.contains(&row(*i))).collect();
+        assert_eq!(missed_at(&pages, &live, 100), 0);
+        bulk_delete(&pages, &host).unwrap();
+        let meta = read_meta(&pages).unwrap();
+        assert!(states(&pages).iter().any(|e| e.0 == meta.entry && e.1 == format::STATE_LIVE), "the entry moved to a live element");
+        let (problems, _) = crate::hnsw::check::check(&pages, &|| {}).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        // A freed slot as the entry is damage.
+        update_meta(&pages, |m| {
+            m.entry = entry;
+            true
+        })
+        .unwrap();
+        let (problems, _) = crate::hnsw::check::check(&pages, &|| {}).unwrap();
+        assert!(problems.iter().any(|p| p.contains("entry point is a free slot")), "{problems:?}");
     }
 
     #[test]
