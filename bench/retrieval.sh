@@ -25,4 +25,4 @@ mkdir -p "$AKIDB_ROOT/bench/results"
 PGDATABASE=postgres "$py" "$AKIDB_ROOT/bench/retrieval/bench_retrieval.py" --model-dir "$AKIDB_ROOT/models/$DEFAULT_MODEL" \
     --docs "$AKIDB_ROOT/bench/data/debian_docs_5k.jsonl.gz" --threads "${THREADS:-2}" \
     --also-model "$DEFAULT_MODEL-q8" --also-model-dir "$AKIDB_ROOT/models/$DEFAULT_MODEL-q8" \
-    --out "$AKIDB_ROOT/bench/results/retrieval-$(hostname -s)" "${extra[@]}" "$@"
+    --latency-threads "${LATENCY_THREADS:-0}" --out "$AKIDB_ROOT/bench/results/retrieval-$(hostname -s)" "${extra[@]}" "$@"

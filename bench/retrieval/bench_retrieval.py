@@ -79,13 +79,41 @@ def search_times(conn, table, n):
                      LIMIT 10) x) c""", (i + 1,)).fetchone()[0] for i in range(n)])
 
 
+def latency(a, table, column, lit, lat_q):
+    """One prepared query's latency from a fresh session (whose model has only ever run
+    single queries, not the bulk fill's large batches), end to end at the client, and in
+    the server split into the embedding and the search."""
+    with psycopg.connect(autocommit=True) as conn:
+        if a.latency_threads:
+            conn.execute(f"SET akidb.onnx_threads = {a.latency_threads}")
+        q = f"SELECT id, package FROM {table} ORDER BY {column} <=> embed_query(%s, {lit}) LIMIT 10"
+        for t in lat_q[:20]:
+            conn.execute(q, (t + " warm",), prepare=True).fetchall()
+        e2e = []
+        for t in lat_q:
+            t0 = time.perf_counter()
+            conn.execute(q, (t,), prepare=True).fetchall()
+            e2e.append((time.perf_counter() - t0) * 1e3)
+        conn.execute(f"""CREATE OR REPLACE FUNCTION pg_temp.split(q text) RETURNS float8[] LANGUAGE plpgsql AS $$
+            DECLARE t0 timestamptz := clock_timestamp(); t1 timestamptz; v vector; n int;
+            BEGIN v := embed_query(q, {lit}); t1 := clock_timestamp();
+              SELECT count(*) INTO n FROM (SELECT id FROM {table} ORDER BY {column} <=> v LIMIT 10) s;
+              RETURN ARRAY[extract(epoch FROM t1 - t0) * 1000, extract(epoch FROM clock_timestamp() - t1) * 1000];
+            END $$""")
+        split = np.array([conn.execute("SELECT pg_temp.split(%s)", (t + " split",)).fetchone()[0] for t in lat_q])
+    return {"end_to_end": percentiles(e2e), "embed_in_server": percentiles(list(split[:, 0])),
+            "search_in_server": percentiles(list(split[:, 1])), "end_to_end_samples": e2e}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--docs", required=True)
     ap.add_argument("--latency-docs", default="")
     ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="akidb.onnx_threads for the bulk fills and the quality runs")
+    ap.add_argument("--latency-threads", type=int, default=0,
+                    help="akidb.onnx_threads for the latency runs (0: the server's default)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--also-model", default="", help="a second model measured the same way, and its latency in turns with the default's")
     ap.add_argument("--also-model-dir", default="")
@@ -184,28 +212,10 @@ def main():
             conn.execute("RESET akidb.hnsw_ef_search")
             r["latency_search_ms_by_ef_search"] = big_sweep
         r["latency_documents"] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        # The latency is a fresh client's: a new session, whose model has only ever run
-        # single queries (not this session's, which ran the bulk fill's large batches).
-        conn = psycopg.connect(autocommit=True)
-        conn.execute(f"SET akidb.onnx_threads = {a.threads}")
         lat_q = [f"{q} ({i})" for i, q in enumerate(queries)]  # distinct texts: no cache hits
+        r["latency_threads"] = a.latency_threads
+        r["latency_ms"] = latency(a, table, "emb", "''", lat_q)
         q = f"SELECT id, package FROM {table} ORDER BY emb <=> embed_query(%s) LIMIT 10"
-        for t in lat_q[:20]:
-            conn.execute(q, (t + " warm",), prepare=True).fetchall()
-        e2e = []
-        for t in lat_q:
-            t0 = time.perf_counter()
-            conn.execute(q, (t,), prepare=True).fetchall()
-            e2e.append((time.perf_counter() - t0) * 1e3)
-        conn.execute(f"""CREATE OR REPLACE FUNCTION pg_temp.split(q text) RETURNS float8[] LANGUAGE plpgsql AS $$
-            DECLARE t0 timestamptz := clock_timestamp(); t1 timestamptz; v vector; n int;
-            BEGIN v := embed_query(q); t1 := clock_timestamp();
-              SELECT count(*) INTO n FROM (SELECT id FROM {table} ORDER BY emb <=> v LIMIT 10) s;
-              RETURN ARRAY[extract(epoch FROM t1 - t0) * 1000, extract(epoch FROM clock_timestamp() - t1) * 1000];
-            END $$""")
-        split = np.array([conn.execute("SELECT pg_temp.split(%s)", (t + " split",)).fetchone()[0] for t in lat_q])
-        r["latency_ms"] = {"end_to_end": percentiles(e2e), "embed_in_server": percentiles(list(split[:, 0])),
-                           "search_in_server": percentiles(list(split[:, 1])), "end_to_end_samples": e2e}
         plan = "\n".join(p for (p,) in conn.execute("EXPLAIN (COSTS OFF) " + q, (queries[0],)))
         r["latency_plan"] = plan
     if a.also_model:
@@ -219,8 +229,9 @@ def main():
 
 def also_model(a, queries, relevant, packages, bodies, table, lat_q):
     """The second model: its quality in SQL next to its own outside reference, its bulk
-    fill rate, and the latency of both models measured in turns in one fresh session
-    (query k runs on one model then the other, the first one alternating)."""
+    fill rate, its latency alone in a fresh session (as the default model's), and the
+    latency of both models measured in turns in one fresh session (query k runs on one
+    model then the other, the first one alternating)."""
     name = a.also_model
     out = {"model": name}
     raw = Raw(a.also_model_dir, a.threads)
@@ -251,8 +262,10 @@ def also_model(a, queries, relevant, packages, bodies, table, lat_q):
         conn.execute("RESET enable_indexscan")
         out["sql_index"] = metrics([[p for (p,) in conn.execute(sql, (q,))] for q in queries], relevant)
         out["index_keeps_of_exact_ndcg"] = out["sql_index"]["ndcg@10"] / out["sql_exact"]["ndcg@10"]
+    out["latency_alone_ms"] = latency(a, table, "emb2", lit, [f"{t} alone" for t in lat_q])
     with psycopg.connect(autocommit=True) as conn:
-        conn.execute(f"SET akidb.onnx_threads = {a.threads}")
+        if a.latency_threads:
+            conn.execute(f"SET akidb.onnx_threads = {a.latency_threads}")
         sqls = {"default": f"SELECT id, package FROM {table} ORDER BY emb <=> embed_query(%s) LIMIT 10",
                 name: f"SELECT id, package FROM {table} ORDER BY emb2 <=> embed_query(%s, {lit}) LIMIT 10"}
         for m, q in sqls.items():
@@ -266,7 +279,9 @@ def also_model(a, queries, relevant, packages, bodies, table, lat_q):
                 samples[m].append((time.perf_counter() - t0) * 1e3)
         out["latency_in_turns_ms"] = {m: percentiles(v) for m, v in samples.items()}
         out["latency_in_turns_samples"] = samples
-    print(json.dumps({k: v for k, v in out.items() if k != "latency_in_turns_samples"}, indent=1))
+    shown = {k: v for k, v in out.items() if k != "latency_in_turns_samples"}
+    shown["latency_alone_ms"] = {k: v for k, v in shown["latency_alone_ms"].items() if k != "end_to_end_samples"}
+    print(json.dumps(shown, indent=1))
     return out
 
 
@@ -287,10 +302,10 @@ def plot(r, path):
     ax[1].hist(e2e, bins=60, color="tab:blue", alpha=0.7, label=r["model"])
     if "also" in r:
         al = r["also"]
-        turns = al["latency_in_turns_ms"]
-        ax[1].hist(al["latency_in_turns_samples"][al["model"]], bins=60, color="tab:orange", alpha=0.7,
-                   label=f'{al["model"]} (in turns with the default: p95 {turns[al["model"]]["p95"]:.2f} against '
-                         f'{turns["default"]["p95"]:.2f} ms)')
+        alone = al["latency_alone_ms"]
+        ax[1].hist(alone["end_to_end_samples"], bins=60, color="tab:orange", alpha=0.7,
+                   label=f'{al["model"]}: p50 {alone["end_to_end"]["p50"]:.2f} / p95 {alone["end_to_end"]["p95"]:.2f} ms '
+                         f'(embed {alone["embed_in_server"]["p50"]:.2f} + search {alone["search_in_server"]["p50"]:.2f} p50)')
     ax[1].legend(fontsize=7)
     lm = r["latency_ms"]
     ax[1].set_title(f'latency, {r["latency_documents"]} docs: p50 {lm["end_to_end"]["p50"]:.2f} / p95 {lm["end_to_end"]["p95"]:.2f} / '
