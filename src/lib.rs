@@ -19,8 +19,9 @@ pub mod types;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Registers the settings. Nothing else: no threads, no ONNX Runtime (with
-/// shared_preload_libraries this runs in the postmaster, and threads do not survive fork).
+/// Registers the settings, and where akidb is preloaded the embedding worker. Nothing
+/// else: no threads, no ONNX Runtime (with shared_preload_libraries this runs in the
+/// postmaster, and threads do not survive fork).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // pgrx appends a Rust backtrace to an ERROR's DETAIL when the server runs with
@@ -30,6 +31,8 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     settings::init();
     index::init();
+    // With shared_preload_libraries: the shared embedding worker and its request table.
+    embed::worker::init();
 }
 
 /// The SIMD kernel set this backend uses for distances: `avx512`, `avx2`, `neon` or `scalar`.

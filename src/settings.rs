@@ -213,6 +213,7 @@ pub fn init() {
         GucFlags::default(),
     );
     init_hnsw();
+    init_worker();
     // SAFETY: after every akidb.* setting is defined.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"akidb".as_ptr()) };
 }
@@ -264,6 +265,94 @@ fn init_hnsw() {
         1,
         i32::MAX,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// `akidb.embed_mode`: where `embed()` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum EmbedMode {
+    #[name = c"backend"]
+    Backend,
+    #[name = c"worker"]
+    Worker,
+}
+
+// Two settings, one registered: the default is `worker` where akidb is preloaded (the
+// worker runs), `backend` elsewhere.
+static EMBED_MODE_PRELOADED: GucSetting<EmbedMode> = GucSetting::<EmbedMode>::new(EmbedMode::Worker);
+static EMBED_MODE_PLAIN: GucSetting<EmbedMode> = GucSetting::<EmbedMode>::new(EmbedMode::Backend);
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn embed_mode() -> EmbedMode {
+    if PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        EMBED_MODE_PRELOADED.get()
+    } else {
+        EMBED_MODE_PLAIN.get()
+    }
+}
+
+pub static WORKER_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static WORKER_SLOT_KB: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static WORKER_MAX_BATCH: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static WORKER_BATCH_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The shared embedding worker's settings; called from `init`.
+fn init_worker() {
+    // SAFETY: a plain read of a flag the postmaster sets around preloading.
+    let preloaded = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    PRELOADED.store(preloaded, std::sync::atomic::Ordering::Relaxed);
+    GucRegistry::define_enum_guc(
+        c"akidb.embed_mode",
+        c"Where embed() runs: worker (the shared embedding worker, one model for the whole server) or backend (each connection loads its own).",
+        c"worker needs akidb in shared_preload_libraries (the default there); elsewhere calls run in the backend.",
+        if preloaded { &EMBED_MODE_PRELOADED } else { &EMBED_MODE_PLAIN },
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // PostgreSQL takes postmaster-only settings from preloaded libraries only; elsewhere
+    // there is no worker for them to size.
+    if !preloaded {
+        return;
+    }
+    GucRegistry::define_int_guc(
+        c"akidb.worker_slots",
+        c"Requests the shared embedding worker's queue holds at once (more wait).",
+        c"",
+        &WORKER_SLOTS,
+        1,
+        4096,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.worker_slot_size",
+        c"Shared memory of one request to the embedding worker: its texts, then its vectors.",
+        c"A call with more texts is sent in several requests; a text longer than this is embedded in the backend.",
+        &WORKER_SLOT_KB,
+        16,
+        1 << 20,
+        GucContext::Postmaster,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.worker_max_batch",
+        c"Most texts in one batch of the embedding worker; 0 keeps the model's own (batch_size in akidb.json, else 8 on a CPU, 256 on a GPU).",
+        c"Applies to models the worker loads afterwards.",
+        &WORKER_MAX_BATCH,
+        0,
+        65536,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"akidb.worker_batch_tokens",
+        c"Most padded tokens in one batch of the embedding worker; 0 keeps the model's own (batch_tokens in akidb.json, else 2048 on a CPU, 65536 on a GPU).",
+        c"Applies to models the worker loads afterwards.",
+        &WORKER_BATCH_TOKENS,
+        0,
+        1 << 24,
+        GucContext::Sighup,
         GucFlags::default(),
     );
 }

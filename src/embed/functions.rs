@@ -38,7 +38,7 @@ fn embed_many(inputs: Array<&str>, model: &str, dims: i32, purpose: Purpose) -> 
     let mut vectors = if present.is_empty() {
         // Nothing to embed, but a wrong model or dims is still an error, as it would be
         // for the same call with texts.
-        registry::with_model(&name, |m| m.output_dims(dims));
+        registry::check_dims(&name, dims);
         Vec::new()
     } else {
         registry::embed_texts(&name, &present, purpose, dims)
@@ -87,9 +87,10 @@ fn akidb_model_dims(model: default!(&str, "''"), dims: default!(i32, 0)) -> i32 
     registry::embed_single(&name, "", Purpose::Document, dims_arg(dims)).len() as i32
 }
 
-/// Loads a model into this backend now and returns the execution provider it got.
+/// Loads a model now (into this backend, or in worker mode into the worker) and returns
+/// the execution provider it got.
 #[pg_extern(volatile, parallel_unsafe)]
-fn akidb_load_model(name: &str) -> &'static str {
+fn akidb_load_model(name: &str) -> String {
     registry::load_model(&registry::resolve_model(name))
 }
 
@@ -115,11 +116,36 @@ fn akidb_models() -> TableIterator<
         name!(memory_bytes, Option<i64>),
         name!(texts_embedded, Option<i64>),
         name!(error, Option<String>),
+        name!(runs_in, String),
+        name!(queue_depth, Option<i64>),
+        name!(batches, Option<i64>),
     ),
 > {
     TableIterator::new(registry::model_rows().into_iter().map(|r| {
-        (r.name, r.provider, r.dimensions, r.pooling, r.max_tokens, r.loaded, r.execution_provider, r.load_ms, r.memory_bytes, r.texts_embedded, r.error)
+        (
+            r.name,
+            r.provider,
+            r.dimensions,
+            r.pooling,
+            r.max_tokens,
+            r.loaded,
+            r.execution_provider,
+            r.load_ms,
+            r.memory_bytes,
+            r.texts_embedded,
+            r.error,
+            r.runs_in,
+            r.queue_depth,
+            r.batches,
+        )
     }))
+}
+
+/// The shared embedding worker's process id; NULL when it does not run (akidb not in
+/// shared_preload_libraries, or the worker is restarting).
+#[pg_extern(volatile, parallel_safe)]
+fn akidb_worker_pid() -> Option<i32> {
+    super::worker::worker_pid()
 }
 
 extension_sql!(
@@ -127,7 +153,7 @@ extension_sql!(
 CREATE SCHEMA IF NOT EXISTS akidb;
 COMMENT ON SCHEMA akidb IS 'akidb catalog views';
 CREATE VIEW akidb.models AS SELECT * FROM akidb_models();
-COMMENT ON VIEW akidb.models IS 'Embedding models under akidb.model_path, and whether this backend has loaded each';
+COMMENT ON VIEW akidb.models IS 'Embedding models under akidb.model_path, and whether the process that runs this session''s calls (this backend, or the shared worker) has loaded each';
 "#,
     name = "akidb_models_view",
     requires = [akidb_models]

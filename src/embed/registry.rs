@@ -2,7 +2,7 @@
 //! backend's life (or until `akidb_unload_model`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use akidb_embed::{
     EmbedError, ExecutionProvider, LoadOptions, Model, ModelSpec, Purpose, SessionOptions, TensorRtOptions,
@@ -14,6 +14,8 @@ use pgrx::PgSqlErrorCode;
 use crate::error::{raise_embed, OrRaise};
 use crate::interrupt::PgInterrupt;
 use crate::settings;
+
+use super::worker;
 
 /// The models this backend has loaded. Backends are single-threaded; the lock keeps the
 /// cache sound should a helper thread ever look at it.
@@ -87,6 +89,8 @@ pub fn load_options() -> LoadOptions {
             max_tokens: 512,
         },
         http_api_key: None,
+        batch_rows: None,
+        batch_tokens: None,
     }
 }
 
@@ -94,8 +98,16 @@ pub fn load_options() -> LoadOptions {
 /// texts_embedded): what shows whether a plan runs the model once or once per row.
 static EMBEDDED: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 
-/// Embeds `texts` with the named model (loading it first if this backend has not).
+/// Embeds `texts` with the named model: in the shared worker when akidb.embed_mode says
+/// so (and it runs), else in this backend (loading the model first if it has not).
 pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> Vec<Vec<f32>> {
+    if worker::in_use() {
+        let path = model_path().to_string_lossy().into_owned();
+        if let Some(v) = worker::embed(&path, name, texts, purpose, dims, full_dims(name)) {
+            return v;
+        }
+        // A text too long for one request slot: embedded here.
+    }
     let (vectors, provider, timing) = with_model(name, |m| {
         m.embed(texts, purpose, dims, &PgInterrupt).map(|v| (v, m.execution_provider, m.last_timing))
     });
@@ -105,15 +117,64 @@ pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<us
     vectors
 }
 
+/// The full output dimensions of a model (from its manifest, read once per backend and
+/// model): what sizes the worker's answers. A model that cannot be read raises the same
+/// error it would in this backend.
+fn full_dims(name: &str) -> usize {
+    static DIMS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+    if let Some(&d) = DIMS.lock().get(name) {
+        return d;
+    }
+    let d = ModelSpec::read(&model_path(), name).or_raise().manifest.dimensions;
+    DIMS.lock().insert(name.to_string(), d);
+    d
+}
+
+/// The worker's side of a request: the models it holds are keyed by the requesting
+/// backend's model path and the name (backends may SET different model paths).
+fn worker_key(path: &str, name: &str) -> String {
+    format!("{path}\0{name}")
+}
+
+/// In the worker: embeds with the model `name` under `path`; also says how many batches
+/// it ran.
+pub fn embed_here(path: &str, name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> (Vec<Vec<f32>>, usize) {
+    let key = worker_key(path, name);
+    let (vectors, provider, timing) = with_model_at(&key, Path::new(path), name, |m| {
+        if !texts.is_empty() {
+            m.embed(texts, purpose, dims, &PgInterrupt).map(|v| (v, m.execution_provider, m.last_timing))
+        } else {
+            m.output_dims(dims).map(|_| (Vec::new(), m.execution_provider, Default::default()))
+        }
+    });
+    report_timing(name, provider, &timing);
+    (vectors, timing.batches)
+}
+
+/// In the worker: loads `name` under `path` (and checks `dims`); its execution provider.
+pub fn load_here(path: &str, name: &str, dims: Option<usize>) -> String {
+    let key = worker_key(path, name);
+    with_model_at(&key, Path::new(path), name, |m| m.output_dims(dims).map(|_| m.execution_provider.to_string()))
+}
+
+/// In the worker: a loaded model's execution provider, memory and load time.
+pub fn loaded_info(path: &str, name: &str) -> Option<(String, i64, f64)> {
+    MODELS.lock().get(&worker_key(path, name)).map(|m| (m.execution_provider.to_string(), m.memory_bytes, m.load_ms))
+}
+
 /// Runs `f` on the named model, loading it first if this backend has not.
 pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedError>) -> T {
+    with_model_at(name, &model_path(), name, f)
+}
+
+fn with_model_at<T>(key: &str, path: &Path, name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedError>) -> T {
     let mut models = MODELS.lock();
-    if !models.contains_key(name) {
+    if !models.contains_key(key) {
         RECENT.lock().retain(|r| r.model != name);
-        let model = load(name);
-        models.insert(name.to_string(), model);
+        let model = load(path, name);
+        models.insert(key.to_string(), model);
     }
-    let model = models.get_mut(name).expect("inserted above");
+    let model = models.get_mut(key).expect("inserted above");
     let result = f(model);
     drop(models);
     match result {
@@ -126,9 +187,14 @@ pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T, EmbedEr
     }
 }
 
-fn load(name: &str) -> Model {
-    let spec = ModelSpec::read(&model_path(), name).or_raise();
+fn load(path: &Path, name: &str) -> Model {
+    let spec = ModelSpec::read(path, name).or_raise();
     let mut opts = load_options();
+    if worker::is_worker() {
+        // The worker's batches come from many connections: its own limits, if set.
+        opts.batch_rows = (settings::WORKER_MAX_BATCH.get() > 0).then(|| settings::WORKER_MAX_BATCH.get() as usize);
+        opts.batch_tokens = (settings::WORKER_BATCH_TOKENS.get() > 0).then(|| settings::WORKER_BATCH_TOKENS.get() as usize);
+    }
     if spec.manifest.provider == akidb_embed::manifest::ProviderKind::Http {
         opts.http_api_key = settings::http_api_key();
     }
@@ -150,9 +216,27 @@ fn load(name: &str) -> Model {
     model
 }
 
-/// Loads `name` (if needed) and returns its execution provider.
-pub fn load_model(name: &str) -> &'static str {
-    with_model(name, |m| Ok(m.execution_provider))
+/// Loads `name` (if needed; in the worker in worker mode) and returns its execution
+/// provider.
+pub fn load_model(name: &str) -> String {
+    if worker::in_use() {
+        let path = model_path().to_string_lossy().into_owned();
+        if let Some(p) = worker::load(&path, name, None) {
+            return p;
+        }
+    }
+    with_model(name, |m| Ok(m.execution_provider)).to_string()
+}
+
+/// Checks that `name` offers `dims` (where the call would run).
+pub fn check_dims(name: &str, dims: Option<usize>) {
+    if worker::in_use() {
+        let path = model_path().to_string_lossy().into_owned();
+        if worker::load(&path, name, dims).is_some() {
+            return;
+        }
+    }
+    with_model(name, |m| m.output_dims(dims));
 }
 
 /// Where an ONNX call's time went, as a DEBUG1 message (`SET client_min_messages = debug1`).
@@ -232,16 +316,30 @@ pub struct ModelRow {
     pub memory_bytes: Option<i64>,
     pub texts_embedded: Option<i64>,
     pub error: Option<String>,
+    /// Where this session's calls run: `worker`, or `backend` (and why, when akidb is
+    /// not preloaded).
+    pub runs_in: String,
+    /// Worker mode: requests of this model waiting for or running in the worker.
+    pub queue_depth: Option<i64>,
+    /// Worker mode: batches the worker has run for this model.
+    pub batches: Option<i64>,
 }
 
 pub fn model_rows() -> Vec<ModelRow> {
+    let in_worker = worker::in_use();
+    let path = model_path().to_string_lossy().into_owned();
+    let runs_in = if in_worker {
+        "worker".to_string()
+    } else if worker::present() {
+        "backend".to_string()
+    } else {
+        "backend (akidb is not in shared_preload_libraries: no worker)".to_string()
+    };
     let models = MODELS.lock();
     let embedded = EMBEDDED.lock();
     ModelSpec::list(&model_path())
         .into_iter()
         .map(|(name, spec)| {
-            let loaded = models.get(&name);
-            let texts_embedded = loaded.map(|_| embedded.get(&name).copied().unwrap_or(0));
             let (provider, dimensions, pooling, max_tokens, error) = match &spec {
                 Ok(s) => (
                     Some(s.manifest.provider.as_str().to_string()),
@@ -252,19 +350,39 @@ pub fn model_rows() -> Vec<ModelRow> {
                 ),
                 Err(e) => (None, None, None, None, Some(e.to_string())),
             };
-            ModelRow {
-                name,
+            let mut row = ModelRow {
+                name: name.clone(),
                 provider,
                 dimensions,
                 pooling,
                 max_tokens,
-                loaded: loaded.is_some(),
-                execution_provider: loaded.map(|m| m.execution_provider.to_string()),
-                load_ms: loaded.map(|m| m.load_ms),
-                memory_bytes: loaded.map(|m| m.memory_bytes),
-                texts_embedded,
+                loaded: false,
+                execution_provider: None,
+                load_ms: None,
+                memory_bytes: None,
+                texts_embedded: None,
                 error,
+                runs_in: runs_in.clone(),
+                queue_depth: None,
+                batches: None,
+            };
+            if in_worker {
+                let stats = worker::model_stats(&path, &name).filter(|w| w.loaded);
+                row.loaded = stats.is_some();
+                row.execution_provider = stats.as_ref().map(|w| w.provider.clone());
+                row.load_ms = stats.as_ref().map(|w| w.load_ms);
+                row.memory_bytes = stats.as_ref().map(|w| w.memory_bytes);
+                row.texts_embedded = stats.as_ref().map(|w| w.texts);
+                row.batches = stats.as_ref().map(|w| w.batches);
+                row.queue_depth = Some(worker::queue_depth(&name));
+            } else if let Some(m) = models.get(&name) {
+                row.loaded = true;
+                row.execution_provider = Some(m.execution_provider.to_string());
+                row.load_ms = Some(m.load_ms);
+                row.memory_bytes = Some(m.memory_bytes);
+                row.texts_embedded = Some(embedded.get(&name).copied().unwrap_or(0));
             }
+            row
         })
         .collect()
 }

@@ -68,6 +68,10 @@ pub struct LoadOptions {
     pub onnxruntime_library: PathBuf,
     pub session: SessionOptions,
     pub http_api_key: Option<String>,
+    /// Most texts in one batch, in place of the manifest's `batch_size` and the default.
+    pub batch_rows: Option<usize>,
+    /// Most padded tokens in one batch, in place of the manifest's `batch_tokens` and the default.
+    pub batch_tokens: Option<usize>,
 }
 
 enum Backend {
@@ -132,7 +136,7 @@ impl Model {
                 let encoder = TextEncoder::load(&spec.name, &tokenizer_file, m.max_tokens, m.onnx.pad_token_id)?;
                 let mut session_opts = opts.session.clone();
                 session_opts.max_tokens = m.max_tokens;
-                session_opts.max_batch = m.batch_size.unwrap_or(64);
+                session_opts.max_batch = opts.batch_rows.or(m.batch_size).unwrap_or(64);
                 let pre_pooled = match &m.pooling {
                     Pooling::Output(name) => Some(name.as_str()),
                     _ => None,
@@ -150,8 +154,8 @@ impl Model {
         // eat the gain; measured in bench/embed: 8 texts beat 1 and 32), a GPU gains a lot
         // (bench/gpu: 256 rows, as many cells as 256 texts of 256 tokens).
         let on_cpu = execution_provider == "cpu";
-        let max_rows = m.batch_size.unwrap_or(if on_cpu { 8 } else { 256 });
-        let max_cells = m.batch_tokens.unwrap_or(if on_cpu { 2048 } else { 65536 });
+        let max_rows = opts.batch_rows.or(m.batch_size).unwrap_or(if on_cpu { 8 } else { 256 });
+        let max_cells = opts.batch_tokens.or(m.batch_tokens).unwrap_or(if on_cpu { 2048 } else { 65536 });
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let helper_threads = if on_cpu { 1 } else { opts.session.threads.max((cpus * 3 / 4).min(12)) };
         Ok(Model {

@@ -28,6 +28,8 @@ pub fn load_options() -> LoadOptions {
             max_tokens: 512,
         },
         http_api_key: None,
+        batch_rows: None,
+        batch_tokens: None,
     }
 }
 
