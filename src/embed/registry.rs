@@ -102,7 +102,7 @@ static EMBEDDED: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 /// so (and it runs), else in this backend (loading the model first if it has not).
 pub fn embed_texts(name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> Vec<Vec<f32>> {
     if worker::in_use() {
-        let path = model_path().to_string_lossy().into_owned();
+        let path = path_text();
         if let Some(v) = worker::embed(&path, name, texts, purpose, dims, full_dims(name)) {
             return v;
         }
@@ -130,6 +130,11 @@ fn full_dims(name: &str) -> usize {
     d
 }
 
+/// akidb.model_path as the worker's requests carry it.
+fn path_text() -> String {
+    model_path().to_string_lossy().into_owned()
+}
+
 /// The worker's side of a request: the models it holds are keyed by the requesting
 /// backend's model path and the name (backends may SET different model paths).
 fn worker_key(path: &str, name: &str) -> String {
@@ -141,11 +146,7 @@ fn worker_key(path: &str, name: &str) -> String {
 pub fn embed_here(path: &str, name: &str, texts: &[&str], purpose: Purpose, dims: Option<usize>) -> (Vec<Vec<f32>>, usize) {
     let key = worker_key(path, name);
     let (vectors, provider, timing) = with_model_at(&key, Path::new(path), name, |m| {
-        if !texts.is_empty() {
-            m.embed(texts, purpose, dims, &PgInterrupt).map(|v| (v, m.execution_provider, m.last_timing))
-        } else {
-            m.output_dims(dims).map(|_| (Vec::new(), m.execution_provider, Default::default()))
-        }
+        m.embed(texts, purpose, dims, &PgInterrupt).map(|v| (v, m.execution_provider, m.last_timing))
     });
     report_timing(name, provider, &timing);
     (vectors, timing.batches)
@@ -220,7 +221,7 @@ fn load(path: &Path, name: &str) -> Model {
 /// provider.
 pub fn load_model(name: &str) -> String {
     if worker::in_use() {
-        let path = model_path().to_string_lossy().into_owned();
+        let path = path_text();
         if let Some(p) = worker::load(&path, name, None) {
             return p;
         }
@@ -231,7 +232,7 @@ pub fn load_model(name: &str) -> String {
 /// Checks that `name` offers `dims` (where the call would run).
 pub fn check_dims(name: &str, dims: Option<usize>) {
     if worker::in_use() {
-        let path = model_path().to_string_lossy().into_owned();
+        let path = path_text();
         if worker::load(&path, name, dims).is_some() {
             return;
         }
@@ -327,7 +328,7 @@ pub struct ModelRow {
 
 pub fn model_rows() -> Vec<ModelRow> {
     let in_worker = worker::in_use();
-    let path = model_path().to_string_lossy().into_owned();
+    let path = path_text();
     let runs_in = if in_worker {
         "worker".to_string()
     } else if worker::present() {

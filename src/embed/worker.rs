@@ -671,18 +671,21 @@ fn update_stats(sh: &Shared, path: &str, name: &str, texts: usize, batches: usiz
     s.texts.fetch_add(texts as i64, Ordering::Relaxed);
 }
 
-/// Embeds one group of requests (same model, purpose and dimensions) in one call.
+/// Loads a request's model for a request without texts (akidb_load_model, or a dims
+/// check for an empty array) and answers with the execution provider.
+fn run_load(sh: &Shared, r: &Request) {
+    let (path, name, dims) = (r.path.clone(), r.name.clone(), r.dims);
+    match trying(move || super::registry::load_here(&path, &name, dims)) {
+        Ok(provider) => answer_loaded(sh, r.slot, &provider),
+        Err((c, m, d, h)) => answer_error(sh, r.slot, c, &m, d.as_deref(), h.as_deref()),
+    }
+    update_stats(sh, &r.path, &r.name, 0, 0);
+}
+
+/// Embeds one group of requests with texts (same model, purpose and dimensions) in one
+/// call.
 fn run_group(sh: &Shared, group: &[Request]) {
     let first = &group[0];
-    if first.texts.is_empty() && group.len() == 1 {
-        let (path, name, dims) = (first.path.clone(), first.name.clone(), first.dims);
-        match trying(move || super::registry::load_here(&path, &name, dims)) {
-            Ok(provider) => answer_loaded(sh, first.slot, &provider),
-            Err((c, m, d, h)) => answer_error(sh, first.slot, c, &m, d.as_deref(), h.as_deref()),
-        }
-        update_stats(sh, &first.path, &first.name, 0, 0);
-        return;
-    }
     let all: Vec<String> = group.iter().flat_map(|r| r.texts.iter().cloned()).collect();
     let (path, name, purpose, dims) = (first.path.clone(), first.name.clone(), first.purpose, first.dims);
     let result = trying(move || {
@@ -694,10 +697,6 @@ fn run_group(sh: &Shared, group: &[Request]) {
             update_stats(sh, &first.path, &first.name, vectors.len(), batches);
             let mut at = 0;
             for r in group {
-                if r.texts.is_empty() {
-                    answer_loaded(sh, r.slot, "");
-                    continue;
-                }
                 answer_vectors(sh, r.slot, &vectors[at..at + r.texts.len()]);
                 at += r.texts.len();
             }
@@ -789,7 +788,12 @@ pub extern "C-unwind" fn akidb_embed_worker_main(_arg: pg_sys::Datum) {
             wait_latch(10_000);
             continue;
         }
-        // Groups in the order their first request sits in the table.
+        // Requests without texts each alone, then groups in the order their first
+        // request sits in the table.
+        let (loads, mut taken): (Vec<Request>, Vec<Request>) = taken.into_iter().partition(|r| r.texts.is_empty());
+        for r in &loads {
+            run_load(sh, r);
+        }
         while !taken.is_empty() {
             let (path, name, purpose, dims) = (taken[0].path.clone(), taken[0].name.clone(), taken[0].purpose, taken[0].dims);
             let (group, rest): (Vec<Request>, Vec<Request>) =
