@@ -290,11 +290,16 @@ fn free_slots<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, mut slot
     Ok(freed)
 }
 
+/// Elements with at most this many ways in on level 0 are searched for by VACUUM (see
+/// [`connect_unreachable`]): about one in a hundred after months of updates.
+pub const FEW_WAYS_IN: usize = 2;
+
 /// 4. Links every live element that no level-0 walk from the entry point reaches into
 /// the list of a reachable one found by a search for it (one with room, else one that
 /// gives up its farthest link), as the build's last pass does: so recall does not decay
-/// as rows are updated and vacuumed. Reads every page once for the lists; None (nothing
-/// done) when they would not fit in the host's memory; else how many it linked.
+/// as rows are updated and vacuumed; the same for an element with few ways in that a
+/// search for its own vector does not find. Reads every page once for the lists; None
+/// (nothing done) when they would not fit in the host's memory; else how many it linked.
 pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H) -> Result<Option<usize>, IndexError> {
     let meta = read_meta(pages)?;
     if !meta.entry.is_valid() {
@@ -354,9 +359,23 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
         }
     };
     mark(entry, &mut reach, &lists);
+    // Reachable is not enough: an element whose few ways in all come from far away (cut
+    // off again and again, each time adopted by the insert that cut it) is on no path a
+    // search for it takes, even at ef 1000 (issue 12). Those with at most `FEW_WAYS_IN`
+    // are searched for, and linked in like the unreachable ones if not found.
+    let mut ways_in = vec![0u32; tids.len()];
+    for list in &lists {
+        for t in list {
+            if let Some(&v) = number.get(t) {
+                ways_in[v as usize] += 1;
+            }
+        }
+    }
+    let few: Vec<usize> = (0..tids.len()).filter(|&u| reach[u] && ways_in[u] as usize <= FEW_WAYS_IN && u != entry as usize).collect();
+    let unreached: Vec<usize> = (0..tids.len()).filter(|&u| !reach[u]).collect();
     let mut linked = 0;
-    for u in 0..tids.len() {
-        if reach[u] {
+    for (u, lost) in unreached.into_iter().map(|u| (u, true)).chain(few.into_iter().map(|u| (u, false))) {
+        if lost && reach[u] {
             continue;
         }
         host.delay();
@@ -369,6 +388,9 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
         let mut visited: HashSet<u64> = HashSet::from([start.node]);
         let found = search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
         g.check()?;
+        if !lost && found.first().is_some_and(|c| c.node == tids[u].node()) {
+            continue;
+        }
         let reachable: Vec<u32> = found
             .iter()
             .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
@@ -392,6 +414,14 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
         }
         if !cut.is_empty() {
             adopt(pages, &mut g, tids[u], 0, &cut)?;
+        }
+        // An element with no links out either (one written just before a crash, or in
+        // an empty graph) gets its nearest, or a search that reaches it stops there.
+        if lists[u].is_empty() {
+            let near: Vec<Candidate> = found.iter().copied().filter(|c| number.get(&Tid::from_node(c.node)).is_some_and(|&t| reach[t as usize] && t as usize != u)).collect();
+            let chosen = select_neighbors(&near, max, max, |a, b| g.between(Tid::from_node(a), Tid::from_node(b)));
+            g.check()?;
+            adopt(pages, &mut g, tids[u], 0, &chosen.iter().map(|c| Tid::from_node(c.node)).collect::<Vec<_>>())?;
         }
         let Some(target) = target else { continue };
         let Some(list) = level0(pages, &mut g, tids[target as usize]) else { continue };
