@@ -15,7 +15,7 @@ use super::format::{self, Element, Tid, META_BLOCK, PAGE_GRAPH};
 use super::graph::{walk_chain, PageGraph, MAX_TIDS_HOPS};
 use super::insert::{adopt, link_back, raise_entry, Attempts};
 use super::pages::{read_meta, read_tuple, replace_tuple, update_meta, Change, PageRead, Pages};
-use super::search::{search_level, select_neighbors, Candidate, GraphStore};
+use super::search::{descend, search_level, select_neighbors, Candidate, GraphStore};
 use super::Params;
 
 /// What VACUUM needs from the server beyond the pages.
@@ -384,7 +384,9 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
             g.check()?;
             continue;
         };
+        // The search a scan makes: down the upper levels, then level 0.
         let start = Candidate { distance: g.distance(&v, meta.entry.node()), node: meta.entry.node() };
+        let start = descend(&mut g, &v, start, meta.entry_level, 0);
         let mut visited: HashSet<u64> = HashSet::from([start.node]);
         let found = search_level(&mut g, &v, &[start], params.ef_construction.max(max), 0, &mut visited);
         g.check()?;
@@ -396,6 +398,22 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
             .filter_map(|c| number.get(&Tid::from_node(c.node)).copied())
             .filter(|&t| reach[t as usize] && t as usize != u)
             .collect();
+        if !lost {
+            // Reachable but not found: a way in from one of the nearest found, in place
+            // of that one's farthest link to an element with ways in to spare, so that
+            // no other element is cut off for it.
+            for &t in reachable.iter().take(3) {
+                if let Some(gone) = link_spare(pages, &mut g, tids[t as usize], tids[u], max, &|x| number.get(&x).is_none_or(|&n| ways_in[n as usize] as usize > FEW_WAYS_IN + 1))? {
+                    if let Some(&n) = gone.and_then(|x| number.get(&x)) {
+                        ways_in[n as usize] -= 1;
+                    }
+                    ways_in[u] += 1;
+                    linked += 1;
+                    break;
+                }
+            }
+            continue;
+        }
         // Into the nearest list with room, else the nearest whose heuristic takes it,
         // else the nearest all the same; an element that gives its way in to it gets a
         // link from it (see link_back).
@@ -430,6 +448,37 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
         mark(u as u32, &mut reach, &lists);
     }
     Ok(Some(linked))
+}
+
+/// Adds `new` to `node`'s level-0 list: into room, else in place of the farthest link
+/// whose target `spare` says has ways in to spare. None if neither (nothing changed),
+/// else the link it replaced, if any. Compare-and-swap, retried.
+fn link_spare<P: Pages + ?Sized>(pages: &P, g: &mut PageGraph<'_, P>, node: Tid, new: Tid, max: usize, spare: &dyn Fn(Tid) -> bool) -> Result<Option<Option<Tid>>, IndexError> {
+    let mut attempts = Attempts::new(pages);
+    loop {
+        attempts.step()?;
+        let Some(ntid) = g.node(node).map(|n| n.neighbors) else { return g.check().map(|()| None) };
+        let before = read_tuple(pages, ntid).ok_or_else(|| IndexError::at(ntid, "missing neighbour tuple"))?;
+        let Some((own_level, mut lists)) = format::all_neighbors(&before, g.m) else {
+            return Err(IndexError::at(ntid, "not a neighbour tuple"));
+        };
+        let Some(list) = lists.first_mut() else { return Ok(None) };
+        if list.contains(&new) {
+            return Ok(Some(None));
+        }
+        let gone = if list.len() < max {
+            list.push(new);
+            None
+        } else {
+            let far = (0..list.len()).filter(|&i| spare(list[i])).max_by(|&a, &b| g.between(node, list[a]).total_cmp(&g.between(node, list[b])));
+            g.check()?;
+            let Some(i) = far else { return Ok(None) };
+            Some(std::mem::replace(&mut list[i], new))
+        };
+        if replace_tuple(pages, ntid, &before, &format::encode_neighbors_into(own_level, g.m, &lists, before.len())) {
+            return Ok(Some(gone));
+        }
+    }
 }
 
 /// The level-0 list of `element` as it is on its page.
