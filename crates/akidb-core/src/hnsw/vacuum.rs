@@ -291,7 +291,8 @@ fn free_slots<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host: &H, mut slot
 }
 
 /// Elements with at most this many ways in on level 0 are searched for by VACUUM (see
-/// [`connect_unreachable`]): about one in a hundred after months of updates.
+/// [`connect_unreachable`]): well under one in a hundred in the unit tests' graphs (7 of
+/// 1,909 after update rounds, 15 of 3,000).
 pub const FEW_WAYS_IN: usize = 2;
 
 /// 4. Links every live element that no level-0 walk from the entry point reaches into
@@ -362,7 +363,7 @@ pub fn connect_unreachable<P: Pages + ?Sized, H: Host + ?Sized>(pages: &P, host:
     // Reachable is not enough: an element whose few ways in all come from far away (cut
     // off again and again, each time adopted by the insert that cut it) is on no path a
     // search for it takes, even at ef 1000 (issue 12). Those with at most `FEW_WAYS_IN`
-    // are searched for, and linked in like the unreachable ones if not found.
+    // are searched for, and given a way in from near if not found (see below).
     let mut ways_in = vec![0u32; tids.len()];
     for list in &lists {
         for t in list {
